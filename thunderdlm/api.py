@@ -1,0 +1,124 @@
+"""Python API: ``lm = thunderdlm.load(RUN)``, ``lm.generate(...)``, ``lm.nll(texts)``, ``lm.evaluate()``.
+
+``load`` rebuilds the tokenizer, process and backbone from the run folder alone (config.json,
+tokenizer/, the latest valid checkpoint) — no flags, no download.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from thunderdlm import checkpoint as ck
+from thunderdlm.data import TokenData, eval_windows
+from thunderdlm.errors import CheckpointError, SamplingError
+from thunderdlm.evaluate import likelihood_bound
+from thunderdlm.models import build_model
+from thunderdlm.processes import SampleOptions, build_process
+from thunderdlm.run_config import RunConfig, read_run_config
+from thunderdlm.runfolder import RunFolder
+from thunderdlm.runtime import resolve_device, setup_runtime
+from thunderdlm.sampling.loop import SampleResult, StepInfo, run_sampler
+from thunderdlm.sampling.requests import build_request
+
+REMASKING = ("ancestral", "low_confidence", "random")
+
+
+class DiffusionLM:
+    """A trained model with its tokenizer and process, ready to sample and score."""
+
+    def __init__(self, run_dir: Path, cfg: RunConfig, model, process, tokenizer, device, checkpoint: Path):
+        self.run_dir, self.cfg, self.model, self.process = run_dir, cfg, model, process
+        self.tokenizer, self.device, self.checkpoint = tokenizer, device, checkpoint
+
+    @property
+    def context(self) -> int:
+        """Longest sequence (in tokens) the model was trained on."""
+        return self.cfg.data.seq_len
+
+    # ---- sampling ----------------------------------------------------------------------------------
+    def sample(self, prompt: str | None = None, *, infill: str | None = None, length: int | None = None,
+               n: int = 1, steps: int = 64, seed: int | None = None, temperature: float = 1.0,
+               top_k: int = 0, top_p: float = 1.0, remasking: str = "ancestral",
+               block_length: int | None = None,
+               callback: Callable[[StepInfo], None] | None = None) -> tuple[list[str], SampleResult]:
+        """Generate ``n`` texts; returns them with the raw result (tokens, NFE)."""
+        if remasking not in REMASKING:
+            raise SamplingError(f"--remasking must be one of {list(REMASKING)}, got {remasking!r}")
+        if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+            raise SamplingError("need temperature ≥ 0, 0 < top_p ≤ 1 and top_k ≥ 0")
+        req = build_request(self.tokenizer, self.context, length=length, prompt=prompt, infill=infill, n=n)
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(seed if seed is not None else torch.seed() % 2**63)
+        opts = SampleOptions(temperature, top_k, top_p, remasking)
+        res = run_sampler(self.process, self.model, req.x_init.to(self.device), req.editable.to(self.device),
+                          steps=steps, block_length=block_length, options=opts, generator=gen,
+                          callback=callback)
+        return [self.tokenizer.decode(row.tolist()) for row in res.tokens.cpu()], res
+
+    def generate(self, prompt: str | None = None, **kwargs) -> list[str]:
+        """Texts only; see :meth:`sample` for the arguments."""
+        return self.sample(prompt, **kwargs)[0]
+
+    def token_str(self, i: int) -> str:
+        return self.tokenizer.token_str(i) if i < self.tokenizer.vocab_size else "▒"
+
+    # ---- likelihood ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def nll(self, texts: list[str] | str, t_samples: int = 32, seed: int = 0) -> list[dict]:
+        """Per text: NELBO (upper bound on NLL) in nats/token and bits/char, with its stderr."""
+        texts = [texts] if isinstance(texts, str) else texts
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        out = []
+        for text in texts:
+            ids = self.tokenizer.encode(text)
+            if not ids:
+                raise SamplingError("cannot score an empty text")
+            if len(ids) > self.context:
+                raise SamplingError(f"text of {len(ids)} tokens is longer than the model's context "
+                                    f"({self.context}); split it into shorter pieces")
+            x0 = torch.tensor(ids, device=self.device).repeat(t_samples, 1)
+            draws = self.process.nelbo(self.model, x0, gen).double()            # (t_samples,)
+            nats = draws.mean().item()
+            se = draws.std().item() / math.sqrt(t_samples) if t_samples > 1 else float("nan")
+            total = nats * len(ids)
+            out.append({"text": text, "tokens": len(ids), "nats_per_token": nats, "stderr": se,
+                        "nats_total": total, "bits_per_char": total / max(len(text), 1) / math.log(2),
+                        "exact": self.process.exact_likelihood})
+        return out
+
+    def evaluate(self, data_dir: str | None = None, windows: int = 0, t_samples: int = 4,
+                 batch_size: int = 64, seed: int = 0) -> dict:
+        """Validation bound over ``windows`` non-overlapping windows (0 = the whole split)."""
+        data = TokenData(data_dir or self.cfg.data.dir)
+        RunFolder(self.run_dir).check_tokenizer(data)
+        val = eval_windows(data.split("val"), self.context, windows or None).to(self.device)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        res = likelihood_bound(self.process, self.model, val, t_samples=t_samples, batch_size=batch_size,
+                               generator=gen, chars_per_token=data.chars_per_token("val"))
+        return {"run": str(self.run_dir), "checkpoint": self.checkpoint.name, "data": str(data_dir or self.cfg.data.dir),
+                "process": self.cfg.process.name, "model": self.cfg.model.name, **res}
+
+
+def load(run: str | Path, checkpoint: str | None = None, device: str = "auto", ema: bool = True) -> DiffusionLM:
+    """Rebuild a trained model from its run folder (EMA weights when the run kept them)."""
+    setup_runtime()
+    run_dir = Path(run)
+    cfg = read_run_config(run_dir)
+    folder = RunFolder(run_dir)
+    tokenizer = folder.tokenizer()
+    dev = resolve_device(device)
+    process = build_process(cfg.process, tokenizer.vocab_size)
+    model = build_model(cfg.model, process.model_vocab_size, cfg.data.seq_len)
+    ckpt = (run_dir / ck.CKPT_DIR / checkpoint) if checkpoint else ck.latest_checkpoint(run_dir)
+    weights = "ema.safetensors" if ema and (ckpt / "ema.safetensors").exists() else "model.safetensors"
+    state = ck.load_tensors(ckpt / weights)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"'{ckpt / weights}' does not match the model in '{run_dir}/config.json': "
+                              f"{str(e).splitlines()[0]}") from None
+    model.to(dev).eval()
+    return DiffusionLM(run_dir, cfg, model, process, tokenizer, dev, ckpt)

@@ -1,0 +1,168 @@
+"""Checkpoints: safetensors files written atomically, and exact trainer state.
+
+Layout inside a run folder::
+
+    checkpoints/step_00001000/
+        model.safetensors        raw weights
+        ema.safetensors          EMA weights (when train.ema_decay > 0)
+        optimizer.safetensors    AdamW moments, flattened as "state.<param index>.<key>"
+        optimizer.json           the optimiser's param groups (lr, betas, ...)
+        state.json               step, tokens seen, training time, ...
+        rng_rank<r>.safetensors  torch CPU/CUDA RNG and the data sampler state of rank r
+    checkpoints/latest           name of the newest complete checkpoint
+
+A checkpoint is written into a hidden temporary folder that is renamed into place only when every
+file is on disk, and ``latest`` is replaced with ``os.replace``: a kill at any moment leaves the
+previous checkpoint intact. Loading a damaged checkpoint falls back to the previous one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from thunderdlm.errors import CheckpointError
+
+CKPT_DIR = "checkpoints"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    """safetensors file written to a temp name and renamed (shared storage is cloned first)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    flat = {k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}
+    save_file(flat, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    os.replace(tmp, path)
+
+
+def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint file '{path}' is missing")
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint file '{path}' is truncated or corrupt ({e})") from None
+
+
+# ---- optimizer state <-> flat tensors ------------------------------------------------------------
+
+def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            tensors[f"state.{idx}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return tensors, sd["param_groups"]
+
+
+def optimizer_from_flat(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": groups}
+
+
+# ---- checkpoint folders ----------------------------------------------------------------------------
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / CKPT_DIR
+    if not root.exists():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+
+
+def begin_checkpoint(run_dir: Path, step: int) -> Path:
+    """Create (empty) the temporary folder a checkpoint is written into."""
+    tmp = Path(run_dir) / CKPT_DIR / f".tmp-{checkpoint_name(step)}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit_checkpoint(run_dir: Path, tmp: Path, step: int, keep: int) -> Path:
+    """Rename the finished temp folder into place, point ``latest`` at it, prune old ones."""
+    final = Path(run_dir) / CKPT_DIR / checkpoint_name(step)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    atomic_write_text(Path(run_dir) / CKPT_DIR / "latest", final.name + "\n")
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def write_model_files(folder: Path, model_state: dict, ema_state: dict | None,
+                      opt: torch.optim.Optimizer | None, state: dict) -> None:
+    save_tensors(folder / "model.safetensors", model_state)
+    if ema_state is not None:
+        save_tensors(folder / "ema.safetensors", ema_state)
+    if opt is not None:
+        tensors, groups = optimizer_to_flat(opt)
+        save_tensors(folder / "optimizer.safetensors", tensors)
+        atomic_write_text(folder / "optimizer.json", json.dumps(groups))
+    atomic_write_text(folder / "state.json", json.dumps(state, indent=1))
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The newest checkpoint folder whose files load; falls back past a damaged one."""
+    ckpts = list_checkpoints(run_dir)
+    if not ckpts:
+        raise CheckpointError(f"run folder '{run_dir}' has no checkpoint yet "
+                              "(training stopped before the first one was written)")
+    pointer = Path(run_dir) / CKPT_DIR / "latest"
+    if pointer.exists():
+        named = Path(run_dir) / CKPT_DIR / pointer.read_text().strip()
+        if named in ckpts:
+            ckpts = [c for c in ckpts if c <= named]
+    for ckpt in reversed(ckpts):
+        if checkpoint_problem(ckpt) is None:
+            return ckpt
+    raise CheckpointError(f"every checkpoint in '{run_dir}/{CKPT_DIR}' is damaged: "
+                          f"{checkpoint_problem(ckpts[-1])}")
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """None when the checkpoint's files are complete and readable, else what is wrong."""
+    for name in ("model.safetensors", "state.json"):
+        if not (ckpt / name).exists():
+            return f"'{ckpt / name}' is missing"
+    for path in ckpt.glob("*.safetensors"):
+        try:
+            with open(path, "rb") as f:
+                header = int.from_bytes(f.read(8), "little")
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+            if header <= 0 or 8 + header > size:
+                return f"'{path}' is truncated"
+            load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            return f"'{path}' is truncated or corrupt ({e})"
+    try:
+        json.loads((ckpt / "state.json").read_text())
+    except json.JSONDecodeError:
+        return f"'{ckpt / 'state.json'}' is corrupt"
+    return None
+
+
+def read_state(ckpt: Path) -> dict:
+    return json.loads((ckpt / "state.json").read_text())

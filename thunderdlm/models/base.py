@@ -1,0 +1,92 @@
+"""``Backbone``: the contract every network in ``models/`` meets.
+
+A backbone is a pure ``nn.Module`` from token ids and a noise level to logits::
+
+    logits = model(x, sigma, causal=None)    # x (B, L) long, sigma (B,) | (B, L) | None
+                                             # -> (B, L, vocab_size) float32
+
+- ``x``: token ids, ``0 <= x < vocab_size``, ``L <= max_seq_len``.
+- ``sigma``: one noise level per sequence ``(B,)`` or one per token ``(B, L)`` (diffusion
+  forcing); ``None`` means zeros; a 0-dim tensor is broadcast to ``(B,)``. What the number
+  means (total noise σ(t), a time t, a DDPM step) is the process's business; the backbone
+  only embeds it.
+- ``causal``: ``None`` takes ``cfg.causal``; ``True`` restricts position ``i`` to ``j <= i``.
+- The output is float32 even under autocast. Process-specific output transforms (SEDD's
+  ``scale_by_sigma``, MDLM's SUBS, zeroing the current token) live in the processes.
+"""
+from __future__ import annotations
+
+from abc import ABCMeta, abstractmethod
+
+import torch
+from torch import nn
+
+from thunderdlm.models.config import ModelConfig
+
+
+class Backbone(nn.Module, metaclass=ABCMeta):
+    """Abstract base: ``forward(x, sigma, *, causal) -> (B, L, vocab_size)`` float32 logits."""
+
+    cfg: ModelConfig
+    vocab_size: int
+    max_seq_len: int
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, max_seq_len: int) -> None:
+        super().__init__()
+        if vocab_size < 1:
+            raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+        if max_seq_len < 1:
+            raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.max_seq_len = max_seq_len
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, *,
+                causal: bool | None = None) -> torch.Tensor:
+        """x: (B, L) token ids, sigma: (B,) | (B, L) | None -> (B, L, vocab_size) float32."""
+
+    @abstractmethod
+    def _embedding_parameters(self) -> list[nn.Parameter]:
+        """Input embedding tables (token, learned position) left out of non-embedding counts."""
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Number of parameters, a shared (tied) tensor counted once.
+
+        ``non_embedding=True`` leaves out the input embedding tables (Kaplan et al.): the token
+        embedding (and with it a tied output head) and a learned position table.
+        """
+        params = {id(p): p for p in self.parameters()}
+        if non_embedding:
+            for p in self._embedding_parameters():
+                params.pop(id(p), None)
+        return sum(p.numel() for p in params.values())
+
+    # ------------------------------------------------------------------------------------------
+    # helpers for subclasses: input checks shared by every backbone
+    # ------------------------------------------------------------------------------------------
+
+    def _resolve_causal(self, causal: bool | None) -> bool:
+        """``causal`` or, when None, the config default."""
+        return self.cfg.causal if causal is None else bool(causal)
+
+    def _check_tokens(self, x: torch.Tensor) -> None:
+        """x must be (B, L) integer ids with 1 <= L <= max_seq_len."""
+        if x.dim() != 2 or x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            raise ValueError(f"x must be (B, L) integer token ids, got {x.dtype} {tuple(x.shape)}")
+        if not 1 <= x.shape[1] <= self.max_seq_len:
+            raise ValueError(f"sequence length {x.shape[1]} is outside 1..max_seq_len="
+                             f"{self.max_seq_len} of this {type(self).__name__}")
+
+    def _prepare_sigma(self, x: torch.Tensor, sigma: torch.Tensor | None) -> torch.Tensor:
+        """Noise levels as float32 (B,) or (B, L) on x's device; None -> zeros (B,)."""
+        B, L = x.shape
+        if sigma is None:
+            return torch.zeros(B, device=x.device, dtype=torch.float32)
+        sigma = torch.as_tensor(sigma, device=x.device).float()
+        if sigma.dim() == 0:
+            return sigma.expand(B)
+        if sigma.shape not in ((B,), (B, L)):
+            raise ValueError(f"sigma must have shape (B,)={(B,)} or (B, L)={(B, L)}, "
+                             f"got {tuple(sigma.shape)}")
+        return sigma

@@ -1,0 +1,121 @@
+"""DDiT: the diffusion transformer of SEDD and MDLM (user note 003, SPEC §3.7 / §1.9).
+
+::
+
+    h0 = E[x]                                   E: (V, D), Kaiming-uniform (a = √5)
+    c  = SiLU(TimestepEmbedder(σ))              (B, C) per sequence or (B, L, C) per token
+    for each block:
+        (shift1, scale1, gate1, shift2, scale2, gate2) = adaLN(c)   # Linear(C, 6D), zero init
+        h = h + gate1 · Dropout(W_o · Attn(rotary(W_qkv · modulate(LN(h), shift1, scale1))))
+        h = h + gate2 · Dropout(MLP(modulate(LN(h), shift2, scale2)))
+    (shift, scale) = Linear(C, 2D)(c)                              # zero init
+    logits = W_out · modulate(LN(h), shift, scale) + b_out         # W_out, b_out zero init
+
+``LN`` is a weight-only LayerNorm computed in fp32; ``W_qkv`` and ``W_o`` have no bias; the MLP
+(``Linear → GELU(tanh) → Linear``) has biases. Attention is bidirectional unless ``causal``.
+
+Because every gate and the output layer start at zero, each block is the identity map at init
+and the logits are exactly 0 (SPEC §3.9.3). SEDD's ``scale_by_sigma`` and the zeroing of the
+current token's score are process concerns and are not done here.
+
+Per-token noise levels ``σ: (B, L)`` give per-token conditioning ``c: (B, L, C)``, and every
+modulation broadcasts per token (used by diffusion forcing).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from thunderdlm.errors import ConfigError
+from thunderdlm.models.base import Backbone
+from thunderdlm.models.config import ModelConfig
+from thunderdlm.models.layers import (MLP, LayerNorm, Rotary, SelfAttention, TimestepEmbedder,
+                                      modulate, per_token)
+
+
+def zero_linear(in_dim: int, out_dim: int, bias: bool = True) -> nn.Linear:
+    """A Linear layer whose weight (and bias) start at exactly zero."""
+    layer = nn.Linear(in_dim, out_dim, bias=bias)
+    nn.init.zeros_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+class DDiTBlock(nn.Module):
+    """One adaLN-modulated transformer block with gated residuals."""
+
+    def __init__(self, cfg: ModelConfig, rotary: Rotary) -> None:
+        super().__init__()
+        d = cfg.n_embd
+        self.norm1 = LayerNorm(d)
+        self.attn = SelfAttention(d, cfg.n_head, bias=False, attn_dropout=0.0, rotary=rotary)
+        self.norm2 = LayerNorm(d)
+        self.mlp = MLP(d, cfg.mlp_ratio, bias=True)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.adaLN_modulation = zero_linear(cfg.cond_dim, 6 * d)
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor, causal: bool) -> torch.Tensor:
+        """h: (B, L, D), c: (B, C) or (B, L, C) -> (B, L, D)."""
+        mod = self.adaLN_modulation(c)                                       # (B, [L,] 6D)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)  # 6 x (B, [L,] D)
+        a = self.attn(modulate(self.norm1(h), shift1, scale1), causal=causal)
+        h = h + per_token(gate1) * self.dropout(a)                           # (B, L, D)
+        m = self.mlp(modulate(self.norm2(h), shift2, scale2))
+        h = h + per_token(gate2) * self.dropout(m)                           # (B, L, D)
+        return h
+
+
+class DDiTFinalLayer(nn.Module):
+    """adaLN-modulated LayerNorm and a zero-initialised projection to the vocabulary."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.norm_final = LayerNorm(cfg.n_embd)
+        self.adaLN_modulation = zero_linear(cfg.cond_dim, 2 * cfg.n_embd)
+        self.linear = zero_linear(cfg.n_embd, vocab_size)
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """h: (B, L, D), c: (B, C) or (B, L, C) -> (B, L, V)."""
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)            # 2 x (B, [L,] D)
+        return self.linear(modulate(self.norm_final(h), shift, scale))
+
+
+class DDiT(Backbone):
+    """SEDD / MDLM diffusion transformer; see the module docstring for the equations."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, max_seq_len: int) -> None:
+        super().__init__(cfg, vocab_size, max_seq_len)
+        if cfg.pos_emb != "rotary":
+            raise ConfigError(f"config field 'model.pos_emb': DDiT supports rotary positions "
+                              f"only, got {cfg.pos_emb!r}")
+        self.vocab_embed = nn.Parameter(torch.empty(vocab_size, cfg.n_embd))  # (V, D)
+        nn.init.kaiming_uniform_(self.vocab_embed, a=math.sqrt(5))
+        self.sigma_map = TimestepEmbedder(cfg.cond_dim)
+        self.rotary = Rotary(cfg.head_dim)              # one cos/sin cache shared by all blocks
+        self.blocks = nn.ModuleList(DDiTBlock(cfg, self.rotary) for _ in range(cfg.n_layer))
+        self.output_layer = DDiTFinalLayer(cfg, vocab_size)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, *,
+                causal: bool | None = None) -> torch.Tensor:
+        """x: (B, L) ids, sigma: (B,) | (B, L) | None -> (B, L, V) float32 logits."""
+        self._check_tokens(x)
+        causal = self._resolve_causal(causal)
+        sigma = self._prepare_sigma(x, sigma)                                # (B,) or (B, L)
+        if not self.cfg.time_conditioning:
+            sigma = torch.zeros_like(sigma)      # time-agnostic (MDLM): the model sees σ = 0
+        c = F.silu(self.sigma_map(sigma))                                    # (B, [L,] C)
+        h = F.embedding(x, self.vocab_embed)                                 # (B, L, D)
+        for block in self.blocks:
+            h = block(h, c, causal)
+        return self.output_layer(h, c).float()                               # (B, L, V)
+
+    def _embedding_parameters(self) -> list[nn.Parameter]:
+        return [self.vocab_embed]
+
+    def extra_repr(self) -> str:
+        return (f"vocab_size={self.vocab_size}, max_seq_len={self.max_seq_len}, "
+                f"time_conditioning={self.cfg.time_conditioning}, causal={self.cfg.causal}")

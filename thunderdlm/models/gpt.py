@@ -1,0 +1,126 @@
+"""GPT: a nanoGPT-style pre-LN transformer, causal or bidirectional (notes 002, 004).
+
+::
+
+    h0 = Dropout(wte[x] + P + T(σ))         (B, L, D)
+        P: learned wpe[0..L-1] | fixed sinusoidal table | 0 (rotary acts inside attention)
+        T: Linear(C, D)(TimestepEmbedder(σ)) when cfg.time_conditioning, else 0;
+           (B, D) per sequence or (B, L, D) per token
+    for each block:
+        h = h + Dropout(Attn(LN(h)))         causal unless asked otherwise
+        h = h + Dropout(MLP(LN(h)))          MLP = Linear → GELU(tanh) → Linear
+    logits = lm_head(LN(h))                  lm_head.weight is wte.weight when tied
+
+Init as nanoGPT: every Linear and Embedding weight ~ N(0, init_std²), biases 0, and the
+residual projections (``c_proj``) ~ N(0, (init_std / √(2 n_layer))²). ``cfg.bias`` toggles
+the biases of Linear and LayerNorm layers. The same network serves the autoregressive baseline
+(``causal=True``), uniform / masked diffusion (bidirectional) and diffusion forcing (causal with
+per-token σ).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from thunderdlm.models.base import Backbone
+from thunderdlm.models.config import ModelConfig
+from thunderdlm.models.layers import (MLP, LayerNorm, Rotary, SelfAttention, TimestepEmbedder,
+                                      per_token, sinusoidal_positions)
+
+
+class GPTBlock(nn.Module):
+    """Pre-LN block: ``h + attn(LN(h))`` then ``h + mlp(LN(h))``."""
+
+    def __init__(self, cfg: ModelConfig, rotary: Rotary | None) -> None:
+        super().__init__()
+        d = cfg.n_embd
+        self.ln_1 = LayerNorm(d, bias=cfg.bias)
+        self.attn = SelfAttention(d, cfg.n_head, bias=cfg.bias, attn_dropout=cfg.dropout,
+                                  rotary=rotary)
+        self.ln_2 = LayerNorm(d, bias=cfg.bias)
+        self.mlp = MLP(d, cfg.mlp_ratio, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, h: torch.Tensor, causal: bool) -> torch.Tensor:
+        """h: (B, L, D) -> (B, L, D)."""
+        h = h + self.dropout(self.attn(self.ln_1(h), causal=causal))
+        h = h + self.dropout(self.mlp(self.ln_2(h)))
+        return h
+
+
+class GPT(Backbone):
+    """nanoGPT-style transformer; see the module docstring for the equations."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, max_seq_len: int) -> None:
+        super().__init__(cfg, vocab_size, max_seq_len)
+        d = cfg.n_embd
+        self.wte = nn.Embedding(vocab_size, d)                               # (V, D)
+        self.wpe = nn.Embedding(max_seq_len, d) if cfg.pos_emb == "learned" else None
+        if cfg.pos_emb == "sinusoidal":  # fixed, rebuilt at init: kept out of checkpoints
+            self.register_buffer("pos_table", sinusoidal_positions(max_seq_len, d),
+                                 persistent=False)                           # (max_seq_len, D)
+        else:
+            self.pos_table = None
+        self.rotary = Rotary(cfg.head_dim) if cfg.pos_emb == "rotary" else None
+        self.time_embed: TimestepEmbedder | None = None
+        self.time_proj: nn.Linear | None = None
+        if cfg.time_conditioning:                       # T(σ) = Linear(C, D)(embed(σ))
+            self.time_embed = TimestepEmbedder(cfg.cond_dim)
+            self.time_proj = nn.Linear(cfg.cond_dim, d, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(GPTBlock(cfg, self.rotary) for _ in range(cfg.n_layer))
+        self.ln_f = LayerNorm(d, bias=cfg.bias)
+        self.lm_head = nn.Linear(d, vocab_size, bias=False)
+        self._init_weights()
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight    # one (V, D) tensor for input and output
+
+    def _init_weights(self) -> None:
+        """N(0, init_std²) weights, zero biases; residual projections scaled by 1/√(2 n_layer)."""
+        std = self.cfg.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        residual_std = std / math.sqrt(2 * self.cfg.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=residual_std)
+
+    def _embed(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Token + position (+ time) embedding: x (B, L), sigma (B,) | (B, L) -> (B, L, D)."""
+        L = x.shape[1]
+        h = self.wte(x)                                                      # (B, L, D)
+        if self.wpe is not None:
+            h = h + self.wpe(torch.arange(L, device=x.device))               # + (L, D)
+        if self.pos_table is not None:
+            h = h + self.pos_table[:L].to(h.dtype)                           # + (L, D)
+        if self.time_embed is not None and self.time_proj is not None:
+            t = self.time_proj(self.time_embed(sigma))                       # (B, [L,] D)
+            h = h + per_token(t)
+        return self.drop(h)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, *,
+                causal: bool | None = None) -> torch.Tensor:
+        """x: (B, L) ids, sigma: (B,) | (B, L) | None -> (B, L, V) float32 logits."""
+        self._check_tokens(x)
+        causal = self._resolve_causal(causal)
+        sigma = self._prepare_sigma(x, sigma)                                # (B,) or (B, L)
+        h = self._embed(x, sigma)                                            # (B, L, D)
+        for block in self.blocks:
+            h = block(h, causal)
+        return self.lm_head(self.ln_f(h)).float()                            # (B, L, V)
+
+    def _embedding_parameters(self) -> list[nn.Parameter]:
+        tables = [self.wte.weight]
+        if self.wpe is not None:
+            tables.append(self.wpe.weight)
+        return tables
+
+    def extra_repr(self) -> str:
+        return (f"vocab_size={self.vocab_size}, max_seq_len={self.max_seq_len}, "
+                f"pos_emb={self.cfg.pos_emb!r}, time_conditioning={self.cfg.time_conditioning}, "
+                f"tied={self.cfg.tie_embeddings}, causal={self.cfg.causal}")

@@ -1,0 +1,213 @@
+"""Layers shared by the backbones: timestep embedder, rotary and sinusoidal positions,
+fp32 LayerNorm, adaLN modulation, self-attention and the MLP.
+
+Notation: ``B`` batch, ``L`` length, ``D`` width, ``H`` heads, ``Dh = D / H``, ``C`` cond width.
+``sigma`` is the noise level fed to the backbone, one per sequence ``(B,)`` or per token
+``(B, L)``; conditioning tensors follow the same two layouts, ``(B, ·)`` or ``(B, L, ·)``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ----------------------------------------------------------------------------------------------
+# conditioning
+# ----------------------------------------------------------------------------------------------
+
+
+def per_token(c: torch.Tensor) -> torch.Tensor:
+    """Give a per-sequence tensor ``(B, D)`` a length axis ``(B, 1, D)``; keep ``(B, L, D)``."""
+    return c.unsqueeze(1) if c.dim() == 2 else c
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN modulation ``x (1 + scale) + shift``.
+
+    x: (B, L, D); shift, scale: (B, D) per sequence or (B, L, D) per token.
+    """
+    return x * (1 + per_token(scale)) + per_token(shift)
+
+
+class TimestepEmbedder(nn.Module):
+    """Scalar noise level -> conditioning vector (DiT / SEDD).
+
+    ``feats(σ) = [cos(σ f_0..f_{n-1}), sin(σ f_0..f_{n-1})]`` with ``f_k = P^{-k/n}``
+    (``P = max_period = 10000``, ``n = freq_dim / 2 = 128``), then
+    ``Linear(freq_dim, C) -> SiLU -> Linear(C, C)``.
+    """
+
+    def __init__(self, cond_dim: int, freq_dim: int = 256, max_period: float = 10000.0) -> None:
+        super().__init__()
+        if freq_dim % 2:
+            raise ValueError(f"freq_dim must be even, got {freq_dim}")
+        self.freq_dim = freq_dim
+        self.max_period = max_period
+        self.mlp = nn.Sequential(
+            nn.Linear(freq_dim, cond_dim, bias=True),
+            nn.SiLU(),
+            nn.Linear(cond_dim, cond_dim, bias=True),
+        )
+
+    def features(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Sinusoidal features in fp32: (...) -> (..., freq_dim)."""
+        half = self.freq_dim // 2
+        k = torch.arange(half, device=sigma.device, dtype=torch.float32)
+        freqs = torch.exp(-math.log(self.max_period) * k / half)           # (half,)
+        args = sigma.float().unsqueeze(-1) * freqs                          # (..., half)
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)       # (..., freq_dim)
+
+    def forward(self, sigma: torch.Tensor) -> torch.Tensor:
+        """sigma: (B,) or (B, L) -> (B, C) or (B, L, C), in the dtype of the weights."""
+        feats = self.features(sigma).to(self.mlp[0].weight.dtype)          # (B, [L,] 256)
+        return self.mlp(feats)
+
+
+# ----------------------------------------------------------------------------------------------
+# positions
+# ----------------------------------------------------------------------------------------------
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """Half-split rotation (GPT-NeoX / SEDD): ``[x1, x2] -> [-x2, x1]`` on the last axis."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+class Rotary:
+    """Rotary position embedding on queries and keys, half-split layout.
+
+    Pair ``(x_i, x_{i + Dh/2})`` at position ``p`` is rotated by angle ``p θ_i`` with
+    ``θ_i = base^{-2i/Dh}``, so ``q_m · k_n`` depends on positions only through ``n - m``.
+    It has no parameters, so it is a plain object (not an ``nn.Module``, whose ``apply`` it would
+    shadow) and one instance can serve every block; the cos/sin tables are cached for the last
+    (length, device, dtype) and are never saved in a state dict.
+    """
+
+    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
+        if head_dim % 2:
+            raise ValueError(f"rotary needs an even head width, got {head_dim}")
+        self.head_dim = head_dim
+        self.base = base
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def cos_sin(self, length: int, device: torch.device,
+                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin tables of shape (L, Dh) for positions 0..L-1."""
+        cached = self._cache
+        if cached is not None and self._cache_fits(cached[0], length, device, dtype):
+            return cached[0][:length], cached[1][:length]
+        half = self.head_dim // 2
+        i = torch.arange(half, device=device, dtype=torch.float32)
+        inv_freq = self.base ** (-i / half)                                 # (Dh/2,)
+        pos = torch.arange(length, device=device, dtype=torch.float32)
+        angles = torch.outer(pos, inv_freq)                                 # (L, Dh/2)
+        angles = torch.cat([angles, angles], dim=-1)                        # (L, Dh)
+        cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+        self._cache = (cos, sin)
+        return cos, sin
+
+    @staticmethod
+    def _cache_fits(table: torch.Tensor, length: int, device: torch.device,
+                    dtype: torch.dtype) -> bool:
+        # a table made under inference_mode cannot be saved for a later backward pass
+        usable = not table.is_inference() or torch.is_inference_mode_enabled()
+        return (usable and table.shape[0] >= length and table.device == device
+                and table.dtype == dtype)
+
+    def apply(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate q, k of shape (B, H, L, Dh) by their positions 0..L-1."""
+        cos, sin = self.cos_sin(q.shape[-2], q.device, q.dtype)            # (L, Dh)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        return q, k
+
+    def __repr__(self) -> str:
+        return f"Rotary(head_dim={self.head_dim}, base={self.base:g})"
+
+
+def sinusoidal_positions(length: int, dim: int, base: float = 10000.0) -> torch.Tensor:
+    """Fixed "Attention is all you need" table (L, D): even columns sin, odd columns cos."""
+    pos = torch.arange(length, dtype=torch.float32).unsqueeze(1)           # (L, 1)
+    i = torch.arange(0, dim, 2, dtype=torch.float32)                        # (ceil(D/2),)
+    angles = pos * base ** (-i / dim)                                       # (L, ceil(D/2))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles[:, : dim // 2])
+    return table
+
+
+# ----------------------------------------------------------------------------------------------
+# normalisation, attention, MLP
+# ----------------------------------------------------------------------------------------------
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm computed in fp32 even under autocast (SEDD), weight only unless ``bias``."""
+
+    def __init__(self, dim: int, bias: bool = False, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.dim = dim
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., D) -> (..., D) in x's dtype."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            bias = self.bias.float() if self.bias is not None else None
+            y = F.layer_norm(x.float(), (self.dim,), self.weight.float(), bias, self.eps)
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, bias={self.bias is not None}, eps={self.eps:g}"
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention: fused QKV, optional rotary, SDPA, output projection.
+
+    ``scaled_dot_product_attention`` picks flash / memory-efficient kernels on GPU.
+    ``attn_dropout`` drops attention weights in training only.
+    """
+
+    def __init__(self, dim: int, n_head: int, bias: bool = False, attn_dropout: float = 0.0,
+                 rotary: Rotary | None = None) -> None:
+        super().__init__()
+        if dim % n_head:
+            raise ValueError(f"width {dim} is not divisible by {n_head} heads")
+        self.n_head = n_head
+        self.attn_dropout = attn_dropout
+        self.c_attn = nn.Linear(dim, 3 * dim, bias=bias)   # W_qkv
+        self.c_proj = nn.Linear(dim, dim, bias=bias)       # W_o
+        self.rotary = rotary
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        """x: (B, L, D) -> (B, L, D)."""
+        B, L, D = x.shape
+        qkv = self.c_attn(x).view(B, L, 3, self.n_head, D // self.n_head)   # (B, L, 3, H, Dh)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                      # 3 x (B, H, L, Dh)
+        if self.rotary is not None:
+            q, k = self.rotary.apply(q, k)
+        p = self.attn_dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)  # (B, H, L, Dh)
+        y = y.transpose(1, 2).reshape(B, L, D)                              # (B, L, D)
+        return self.c_proj(y)
+
+    def extra_repr(self) -> str:
+        return f"n_head={self.n_head}, attn_dropout={self.attn_dropout}, rotary={self.rotary}"
+
+
+class MLP(nn.Module):
+    """``Linear(D, rD) -> GELU(tanh) -> Linear(rD, D)``."""
+
+    def __init__(self, dim: int, ratio: int = 4, bias: bool = True) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(dim, ratio * dim, bias=bias)
+        self.act = nn.GELU(approximate="tanh")
+        self.c_proj = nn.Linear(ratio * dim, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., D) -> (..., D)."""
+        return self.c_proj(self.act(self.c_fc(x)))

@@ -1,0 +1,18 @@
+"""Processes: one file each, registered by name. ``build_process(cfg, vocab_size)`` makes one."""
+from __future__ import annotations
+
+from thunderdlm.processes.base import LossOutput, Process, SampleOptions, StepContext, StepOutput
+from thunderdlm.processes.config import ProcessConfig
+from thunderdlm.processes.masked import MaskedConfig, MaskedProcess
+
+PROCESSES: dict[str, type[Process]] = {
+    MaskedProcess.name: MaskedProcess,
+}
+
+
+def build_process(cfg: ProcessConfig, vocab_size: int) -> Process:
+    return PROCESSES[cfg.name](cfg, vocab_size)
+
+
+__all__ = ["PROCESSES", "build_process", "Process", "ProcessConfig", "LossOutput", "SampleOptions",
+           "StepContext", "StepOutput", "MaskedConfig", "MaskedProcess"]

@@ -1,0 +1,123 @@
+"""The contract every process meets (masked, uniform, score-entropy, embedding, forcing, AR).
+
+A *process* owns the math of one method: the forward (noising) process, the training loss, the
+likelihood bound used for evaluation, the prior, and one reverse ``step``. It knows nothing about
+optimisers, data loading or the sampling loop's strategies (blocks, prompts, callbacks): those live
+in ``train.py`` and ``sampling/loop.py``, which only call the methods below.
+
+Shapes: ``x0`` / ``x`` are token ids ``(B, L)``; a backbone maps ``(x, sigma)`` to logits
+``(B, L, V)`` where ``V = process.model_vocab_size`` (the tokenizer's vocabulary plus any token the
+process adds, such as the mask).
+"""
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LossOutput:
+    """What ``process.loss`` returns: the scalar to backpropagate and floats to log."""
+
+    loss: torch.Tensor                                     # () scalar
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SampleOptions:
+    """How a reverse step turns the model's prediction into tokens (per-step, not per-loop)."""
+
+    temperature: float = 1.0       # 0 → greedy (argmax)
+    top_k: int = 0                 # 0 → off
+    top_p: float = 1.0             # 1 → off
+    remasking: str = "ancestral"   # ancestral | low_confidence | random (masked-type processes)
+
+
+@dataclass
+class StepContext:
+    """What the sampling loop hands to one ``process.step`` call.
+
+    ``t`` > ``s`` are the current and next times in [0, 1] (``s = 0`` on a block's last step).
+    ``editable`` marks the positions this step may change (the current block's generated
+    positions); every other position must come back unchanged. ``n_commit`` is the number of
+    positions per row to decide in this step when the loop asks for parallel decoding with a fixed
+    schedule (LLaDA); ``None`` lets the process follow its own ancestral rule.
+    """
+
+    t: float
+    s: float
+    editable: torch.Tensor                  # (B, L) bool
+    options: SampleOptions
+    generator: torch.Generator | None = None
+    n_commit: torch.Tensor | None = None    # (B,) long
+    cache: dict[str, Any] = field(default_factory=dict)  # scratch space kept across steps of one run
+    nfe: int = 0                            # number of network evaluations so far (the step adds its own)
+
+
+@dataclass
+class StepOutput:
+    x: torch.Tensor            # (B, L) the next state
+    x0_hat: torch.Tensor       # (B, L) the current guess of the clean tokens (for live display)
+
+
+class Process(ABC):
+    """Base class; subclasses register a config dataclass with a ``name`` field."""
+
+    name: ClassVar[str]
+    #: True when ``nelbo`` is the exact negative log-likelihood (AR), not an upper bound.
+    exact_likelihood: ClassVar[bool] = False
+
+    def __init__(self, cfg: Any, vocab_size: int):
+        self.cfg = cfg
+        self.vocab_size = vocab_size          # the tokenizer's vocabulary size
+
+    # ---- sizes -----------------------------------------------------------------------------------
+    @property
+    def model_vocab_size(self) -> int:
+        """Output width the backbone must have."""
+        return self.vocab_size
+
+    @property
+    def noise_token_id(self) -> int | None:
+        """Id shown as 'not yet decided' by live displays (the mask id), if the process has one."""
+        return None
+
+    # ---- training and likelihood ----------------------------------------------------------------
+    @abstractmethod
+    def loss(self, model: nn.Module, x0: torch.Tensor) -> LossOutput:
+        """Training loss on a batch of clean windows ``x0`` (B, L)."""
+
+    @abstractmethod
+    def nelbo(self, model: nn.Module, x0: torch.Tensor,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+        """One Monte Carlo sample per sequence of the NELBO in nats per token: shape (B,).
+
+        Its expectation upper-bounds the true NLL per token (equals it when ``exact_likelihood``).
+        """
+
+    # ---- sampling --------------------------------------------------------------------------------
+    @abstractmethod
+    def prior(self, shape: tuple[int, int], device: torch.device,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+        """Tokens at t = 1 for positions to be generated: (B, L) long."""
+
+    @abstractmethod
+    def step(self, model: nn.Module, x: torch.Tensor, ctx: StepContext) -> StepOutput:
+        """One reverse step from time ``ctx.t`` to ``ctx.s`` on the editable positions."""
+
+    def finalize(self, model: nn.Module, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """Noise removal after the last step (default: nothing left to do)."""
+        return x
+
+    def is_noisy(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L) bool: positions still carrying noise (used for n_commit schedules)."""
+        return torch.ones_like(x, dtype=torch.bool)
+
+
+def config_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,199 @@
+"""Masked (absorbing-state) discrete diffusion: MDLM's SUBS parameterisation and LLaDA's sampler.
+
+Notation map (SPEC.md §1–2; MDLM, Sahoo et al. 2024; LLaDA, Nie et al. 2025):
+
+    x0          clean tokens (B, L)
+    M           the mask token, ``mask_id = V_tok`` (the vocabulary grows by one)
+    α_t         keep probability of the schedule, m(t) = 1 − α_t the mask probability
+    x_t         x0 with each token independently replaced by M with probability m(t)
+    p_θ(·|x_t)  the network's SUBS distribution over clean tokens at every position
+
+SUBS (§1.3): the mask logit is removed ("zero masking probability") and a visible token is copied
+with probability 1 ("carry-over unmasking"). Hence only masked positions contribute to the loss:
+
+    NELBO(x0) = E_t E_{x_t} [ w(t) · Σ_{i: x_t^i = M} −log p_θ(x0^i | x_t) ] / L ,  w(t) = −α'_t/(1−α_t)
+
+which is exactly 1/t for the log-linear schedule. With α_1 = 0 (ε = 0, our default) the all-mask
+prior is exact and the expectation is a true upper bound on −log p(x0)/L.
+
+Reverse step from t to s < t (MDLM ancestral, §1.7): each masked position is unmasked with
+probability (α_s − α_t)/(1 − α_t) — (t − s)/t for log-linear — to a token drawn from p_θ; visible
+tokens never change. LLaDA's samplers (§2.3) instead unmask a fixed number of positions per step,
+chosen by the highest confidence p_θ(x̂0) ("low_confidence") or at random ("random").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from thunderdlm.config import check, param
+from thunderdlm.processes.base import LossOutput, Process, StepContext, StepOutput
+from thunderdlm.processes.config import ProcessConfig
+from thunderdlm.processes.schedules import SCHEDULES, build_schedule
+from thunderdlm.sampling.categorical import draw_tokens, filter_logits
+
+NEG_INF = -1e6  # SUBS uses a large finite negative number rather than −inf (keeps softmax finite)
+
+
+@dataclass
+class MaskedConfig(ProcessConfig):
+    name: str = param("masked", help="masked (absorbing) diffusion, MDLM SUBS / LLaDA")
+    schedule: str = param("loglinear", help="noise schedule α_t", choices=tuple(SCHEDULES))
+    eps: float = param(0.0, help="α_1 = eps; 0 makes the all-mask prior exact (MDLM uses 1e-3)")
+    time_conditioning: bool = param(False, help="feed σ(t) to the network (MDLM default: off)")
+    sampling_eps: float = param(1e-3, help="training draws t in [sampling_eps, 1] (MDLM's clip)")
+    stratified: bool = param(True, help="one t per stratum of the batch (MDLM's 'antithetic')")
+
+    def __post_init__(self):
+        check(0.0 <= self.eps < 1.0, "process.eps", f"must be in [0, 1), got {self.eps}")
+        check(0.0 <= self.sampling_eps < 1.0, "process.sampling_eps",
+              f"must be in [0, 1), got {self.sampling_eps}")
+
+
+def stratified_times(n: int, device: torch.device, generator: torch.Generator | None,
+                     stratified: bool = True) -> torch.Tensor:
+    """n draws in (0, 1]; when stratified, exactly one in each interval ((i)/n, (i+1)/n]."""
+    u = 1.0 - torch.rand(n, device=device, generator=generator)      # (0, 1]
+    if stratified:
+        u = (torch.arange(n, device=device) + u) / n
+    return u
+
+
+class MaskedProcess(Process):
+    name = "masked"
+    config_cls = MaskedConfig
+
+    def __init__(self, cfg: MaskedConfig, vocab_size: int):
+        super().__init__(cfg, vocab_size)
+        self.schedule = build_schedule(cfg.schedule, cfg.eps)
+        self.mask_id = vocab_size
+
+    @property
+    def model_vocab_size(self) -> int:
+        return self.vocab_size + 1
+
+    @property
+    def noise_token_id(self) -> int:
+        return self.mask_id
+
+    # ---- forward process and parameterisation ----------------------------------------------------
+    def corrupt(self, x0: torch.Tensor, t: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """x_t: each token masked independently with probability m(t). t: (B,)."""
+        m = self.schedule.mask_prob(t)[:, None]                              # (B, 1)
+        u = torch.rand(x0.shape, device=x0.device, generator=generator)
+        return torch.where(u < m, torch.full_like(x0, self.mask_id), x0)
+
+    def conditioning(self, t: torch.Tensor) -> torch.Tensor:
+        """σ fed to the backbone: σ(t), or zeros when the model is time-agnostic."""
+        if self.cfg.time_conditioning:
+            return self.schedule.sigma_for_conditioning(t)
+        return torch.zeros_like(t)
+
+    def subs_log_probs(self, logits: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
+        """SUBS: log p_θ(x0 | x_t), (B, L, V). No mass on M; visible tokens copied."""
+        logits = logits.float().clone()
+        logits[..., self.mask_id] = NEG_INF
+        logp = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+        visible = xt != self.mask_id
+        copy = torch.full_like(logp, NEG_INF).scatter_(-1, xt.unsqueeze(-1), 0.0)
+        return torch.where(visible.unsqueeze(-1), copy, logp)
+
+    # ---- loss and bound --------------------------------------------------------------------------
+    def nelbo_at(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sequence NELBO per token at times t (B,): returns (nelbo (B,), masked fraction (B,))."""
+        xt = self.corrupt(x0, t, generator)
+        logits = model(xt, self.conditioning(t))                               # (B, L, V+1)
+        masked = xt == self.mask_id
+        # −log p_θ(x0|x_t) at masked positions; visible positions contribute exactly 0 under SUBS
+        logits = logits.float()
+        logits[..., self.mask_id] = NEG_INF
+        nll = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")      # (B, L)
+        nll = torch.where(masked, nll, torch.zeros_like(nll))
+        w = self.schedule.nelbo_weight(t)                                       # (B,)
+        per_seq = w * nll.sum(dim=1) / x0.shape[1]
+        return per_seq, masked.float().mean(dim=1)
+
+    def loss(self, model: nn.Module, x0: torch.Tensor) -> LossOutput:
+        t = stratified_times(x0.shape[0], x0.device, None, self.cfg.stratified)
+        t = self.cfg.sampling_eps + (1.0 - self.cfg.sampling_eps) * t
+        per_seq, frac = self.nelbo_at(model, x0, t)
+        loss = per_seq.mean()
+        return LossOutput(loss, {"nelbo": loss.item(), "mask_frac": frac.mean().item()})
+
+    def nelbo(self, model: nn.Module, x0: torch.Tensor,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+        # the full integral over t ∈ (0, 1]: no sampling_eps clip, so the estimate is unbiased
+        t = stratified_times(x0.shape[0], x0.device, generator, True)
+        return self.nelbo_at(model, x0, t, generator)[0]
+
+    # ---- sampling --------------------------------------------------------------------------------
+    def prior(self, shape, device, generator=None) -> torch.Tensor:
+        return torch.full(shape, self.mask_id, dtype=torch.long, device=device)
+
+    def is_noisy(self, x: torch.Tensor) -> torch.Tensor:
+        return x == self.mask_id
+
+    def _predict(self, model: nn.Module, x: torch.Tensor, t: float, ctx: StepContext) -> torch.Tensor:
+        """Logits over clean tokens (mask removed), cached across steps for a time-agnostic model
+        while x does not change (MDLM's ddpm_cache: no new forward pass is needed)."""
+        cached = ctx.cache.get("logits")
+        if cached is not None and not self.cfg.time_conditioning and torch.equal(ctx.cache["x"], x):
+            return cached
+        tt = torch.full((x.shape[0],), t, device=x.device)
+        logits = model(x, self.conditioning(tt)).float()
+        logits[..., self.mask_id] = float("-inf")
+        ctx.nfe += 1
+        ctx.cache["logits"], ctx.cache["x"] = logits, x.clone()
+        return logits
+
+    def step(self, model: nn.Module, x: torch.Tensor, ctx: StepContext) -> StepOutput:
+        masked = (x == self.mask_id) & ctx.editable                             # (B, L)
+        if not masked.any():
+            return StepOutput(x, x)
+        logits = self._predict(model, x, ctx.t, ctx)                            # (B, L, V+1)
+        opts = ctx.options
+        cand = draw_tokens(logits, opts.temperature, opts.top_k, opts.top_p, ctx.generator)
+        if ctx.n_commit is None or opts.remasking == "ancestral":
+            commit = self._ancestral_commit(masked, ctx)
+        else:
+            commit = self._confidence_commit(logits, cand, masked, ctx)
+        x_new = torch.where(commit, cand, x)
+        return StepOutput(x_new, torch.where(masked, cand, x))
+
+    def _ancestral_commit(self, masked: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """Unmask each masked position with probability (α_s − α_t)/(1 − α_t)."""
+        t = torch.tensor(ctx.t, dtype=torch.float64)
+        s = torch.tensor(ctx.s, dtype=torch.float64)
+        a_t, a_s = self.schedule.alpha(t), self.schedule.alpha(s)
+        p = float(((a_s - a_t) / (1.0 - a_t)).clamp(0.0, 1.0)) if ctx.s > 0 else 1.0
+        u = torch.rand(masked.shape, device=masked.device, generator=ctx.generator)
+        return masked & (u < p)
+
+    def _confidence_commit(self, logits, cand, masked, ctx: StepContext) -> torch.Tensor:
+        """LLaDA: commit the n_commit most confident masked positions of each row."""
+        if ctx.options.remasking == "low_confidence":
+            # confidence from the un-tempered distribution, as LLaDA's generate.py does
+            probs = torch.softmax(filter_logits(logits, 0, 1.0), dim=-1)
+            conf = probs.gather(-1, cand.unsqueeze(-1)).squeeze(-1)
+        elif ctx.options.remasking == "random":
+            conf = torch.rand(masked.shape, device=masked.device, generator=ctx.generator)
+        else:
+            raise ValueError(f"unknown remasking {ctx.options.remasking!r}")
+        conf = torch.where(masked, conf.float(), torch.full_like(conf.float(), float("-inf")))
+        order = conf.argsort(dim=-1, descending=True)                            # (B, L)
+        rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[1],
+                                                device=order.device).expand_as(order))
+        return masked & (rank < ctx.n_commit[:, None])
+
+    def finalize(self, model: nn.Module, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """Noise removal: fill any mask still left with the argmax of p_θ (MDLM, §1.7)."""
+        masked = (x == self.mask_id) & ctx.editable
+        if not masked.any():
+            return x
+        logits = self._predict(model, x, 0.0, ctx)
+        return torch.where(masked, logits.argmax(-1), x)

@@ -1,0 +1,95 @@
+"""Noise schedules for discrete (masked / uniform) diffusion, parameterised by the keep rate α_t.
+
+Notation (SPEC.md §1.1, §4.1): t ∈ [0, 1] is continuous time; α_t is the probability that a token
+is still clean at time t (α_0 = 1); the mask / move probability is m(t) = 1 − α_t; the "total
+noise" is σ(t) = −log α_t (MDLM/SEDD), so α_t = e^{−σ(t)} and σ'(t) = −α'_t / α_t.
+
+The continuous-time NELBO weight of a masked token is −α'_t / (1 − α_t) = σ'(t) / (e^{σ(t)} − 1).
+
+ε: MDLM uses α_1 = ε = 1e-3 so that σ(1) stays finite. With ε > 0 not every token is masked at
+t = 1, so the all-mask prior does not match q(x_1 | x0) and the NELBO is not exactly a bound.
+thunderdlm defaults to ε = 0 (α_1 = 0, every token masked at t = 1, the bound is exact) and clamps
+σ only where it is fed to the network as a conditioning signal (``sigma_for_conditioning``).
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+
+SIGMA_COND_MAX = -math.log(1e-3)  # ≈ 6.91, MDLM's σ(1): the largest σ the network ever sees
+
+
+class Schedule(ABC):
+    """α_t and its derivative; everything else (σ, m, the NELBO weight) derives from them."""
+
+    name: str
+
+    def __init__(self, eps: float = 0.0):
+        if not 0.0 <= eps < 1.0:
+            raise ValueError(f"schedule eps must be in [0, 1), got {eps}")
+        self.eps = eps
+
+    @abstractmethod
+    def alpha(self, t: torch.Tensor) -> torch.Tensor:
+        """Keep probability α_t, decreasing from 1 at t = 0 to ε at t = 1."""
+
+    @abstractmethod
+    def dalpha(self, t: torch.Tensor) -> torch.Tensor:
+        """dα_t/dt (≤ 0)."""
+
+    def mask_prob(self, t: torch.Tensor) -> torch.Tensor:
+        """m(t) = 1 − α_t."""
+        return 1.0 - self.alpha(t)
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """σ(t) = −log α_t (infinite at t = 1 when ε = 0)."""
+        return -torch.log(self.alpha(t))
+
+    def dsigma(self, t: torch.Tensor) -> torch.Tensor:
+        """σ'(t) = −α'_t / α_t."""
+        return -self.dalpha(t) / self.alpha(t)
+
+    def sigma_for_conditioning(self, t: torch.Tensor) -> torch.Tensor:
+        """σ(t) clamped to [0, SIGMA_COND_MAX]: a finite conditioning input for the network."""
+        return self.sigma(t).clamp(0.0, SIGMA_COND_MAX)
+
+    def nelbo_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """−α'_t / (1 − α_t): the continuous-time weight of each masked token's −log p(x0)."""
+        return -self.dalpha(t) / (1.0 - self.alpha(t))
+
+
+class LogLinear(Schedule):
+    """α_t = 1 − (1 − ε) t: the mask rate grows linearly; the NELBO weight is exactly 1/t."""
+
+    name = "loglinear"
+
+    def alpha(self, t):
+        return 1.0 - (1.0 - self.eps) * t
+
+    def dalpha(self, t):
+        return torch.full_like(t, -(1.0 - self.eps))
+
+    def nelbo_weight(self, t):
+        # −α'/(1−α) = (1−ε)/((1−ε)t) = 1/t exactly, for every ε (SPEC §1.5)
+        return 1.0 / t
+
+
+class Cosine(Schedule):
+    """α_t = ε + (1 − ε) cos(πt/2) (MDLM's cosine: σ = −log(ε + (1−ε)cos(πt/2)))."""
+
+    name = "cosine"
+
+    def alpha(self, t):
+        return self.eps + (1.0 - self.eps) * torch.cos(0.5 * math.pi * t)
+
+    def dalpha(self, t):
+        return -(1.0 - self.eps) * 0.5 * math.pi * torch.sin(0.5 * math.pi * t)
+
+
+SCHEDULES: dict[str, type[Schedule]] = {"loglinear": LogLinear, "cosine": Cosine}
+
+
+def build_schedule(name: str, eps: float = 0.0) -> Schedule:
+    return SCHEDULES[name](eps)

@@ -1,0 +1,39 @@
+"""Process-wide runtime settings shared by every entry point (CLI, API, trainer, benchmarks).
+
+CPU pitfalls measured on the reference machine (DESIGN.md §5):
+- zero-initialised layers under AdamW produce denormal floats that slowed a CPU step 10-20x, so
+  denormals are flushed;
+- when several processes share the two cores (DDP ranks, parallel tests) each must use one torch
+  thread, or small forwards get ~25x slower.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def setup_runtime(threads: int | None = None) -> None:
+    """Flush denormals and pick a sane thread count. Safe to call more than once."""
+    torch.set_flush_denormal(True)
+    if threads is None:
+        threads = default_threads()
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def default_threads() -> int:
+    """Cores per process: all cores for one process, split evenly under torchrun."""
+    env = os.environ.get("THUNDERDLM_THREADS")
+    if env:
+        return max(1, int(env))
+    cores = os.cpu_count() or 1
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    return max(1, cores // max(1, local_world))
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

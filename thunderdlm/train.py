@@ -1,0 +1,321 @@
+"""The trainer: knows only ``process.loss(model, batch)``.
+
+One loop that reads in one sitting: AdamW with warm-up + cosine decay, gradient accumulation and
+clipping, EMA, periodic evaluation of the validation bound, metrics JSONL, atomic safetensors
+checkpoints with exact resume (weights, optimiser, RNG and data position), DDP under ``torchrun``
+(gloo on CPU, nccl on GPU), bf16 autocast on GPU only.
+
+The budget is ``train.max_steps`` and/or ``train.max_minutes`` of *training* time (evaluation and
+checkpoint time are not counted). With a time budget, the learning-rate schedule follows the
+fraction of the budget used, so a run of any speed ends its cosine decay when its time is up.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from thunderdlm import checkpoint as ck
+from thunderdlm.data import RandomWindows, TokenData, eval_windows
+from thunderdlm.display import TrainDisplay
+from thunderdlm.errors import CheckpointError, TrainingError
+from thunderdlm.evaluate import likelihood_bound
+from thunderdlm.models import build_model
+from thunderdlm.processes import build_process
+from thunderdlm.run_config import RunConfig, read_run_config
+from thunderdlm.runfolder import RunFolder
+from thunderdlm.runtime import resolve_device, setup_runtime
+
+
+@dataclass
+class TrainSummary:
+    run_dir: Path
+    step: int
+    tokens: int
+    train_seconds: float
+    last_loss: float
+    stopped_by: str            # "budget" | "interrupt"
+
+
+# ---- distributed -------------------------------------------------------------------------------------
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); starts the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+# ---- optimiser and schedule ------------------------------------------------------------------------
+
+def make_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
+    """AdamW; matrices and embeddings decay, vectors (norms, biases) do not (nanoGPT)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                             fused=next(model.parameters()).is_cuda)
+
+
+def learning_rate(cfg, step: int, progress: float) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine from lr to min_lr over the budget."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    p = min(max(progress, 0.0), 1.0)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * p))
+
+
+def budget_progress(cfg, step: int, seconds: float) -> float:
+    """Fraction of the budget used (the larger of steps and time when both are set)."""
+    parts = []
+    if cfg.max_steps > 0:
+        parts.append(step / cfg.max_steps)
+    if cfg.max_minutes > 0:
+        parts.append(seconds / (60.0 * cfg.max_minutes))
+    return max(parts)
+
+
+# ---- EMA -----------------------------------------------------------------------------------------------
+
+class EMA:
+    """Exponential moving average of the trainable weights (kept in fp32)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        params = dict(model.named_parameters())
+        torch._foreach_lerp_([self.shadow[n] for n in self.names],
+                             [params[n].detach().float() for n in self.names], 1.0 - self.decay)
+
+    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """A full model state dict with the EMA weights in place of the trained ones."""
+        sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        for n in self.names:
+            sd[n] = self.shadow[n].to(sd[n].dtype)
+        return sd
+
+    def load(self, tensors: dict[str, torch.Tensor]) -> None:
+        for n in self.names:
+            self.shadow[n].copy_(tensors[n].float())
+
+
+# ---- the trainer ----------------------------------------------------------------------------------
+
+class Trainer:
+    """Builds everything from a RunConfig, then ``fit()`` runs the loop."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, show: bool = True):
+        setup_runtime()
+        self.cfg, self.tc = cfg, cfg.train
+        self.device = resolve_device(self.tc.device)
+        self.rank, self.world = init_distributed(self.device)
+        self.is_main = self.rank == 0
+        torch.manual_seed(cfg.seed)   # the same initial weights on every rank
+        self.data = TokenData(cfg.data.dir)
+        self.folder = RunFolder(Path(run_dir))
+        self.process = build_process(cfg.process, self.data.vocab_size)
+        self.raw_model = build_model(cfg.model, self.process.model_vocab_size, cfg.data.seq_len).to(self.device)
+        self.optimizer = make_optimizer(self.raw_model, self.tc)
+        self.ema = EMA(self.raw_model, self.tc.ema_decay) if self.tc.ema_decay > 0 else None
+        self.windows = RandomWindows(self.data.split("train"), cfg.data.seq_len, self.tc.batch_size,
+                                     cfg.seed, self.rank)
+        self.val = eval_windows(self.data.split("val"), cfg.data.seq_len, self.tc.eval_windows)
+        self.step, self.tokens, self.train_seconds = 0, 0, 0.0
+        if resume:
+            self._resume()
+        elif self.is_main:
+            self.folder.create(cfg, self.data)
+        barrier(self.world)
+        self.model = self._wrap(self.raw_model)
+        self.display = TrainDisplay(self.tc, enabled=show and self.is_main)
+        self.autocast = self._autocast()
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if self.tc.compile:
+            model = torch.compile(model)
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return model
+
+    def _autocast(self):
+        use_bf16 = self.tc.precision == "bf16" or (self.tc.precision == "auto" and self.device.type == "cuda")
+        if use_bf16 and self.device.type == "cuda":
+            return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def fit(self) -> TrainSummary:
+        stopped_by, loss = "budget", float("nan")
+        bad = 0
+        self.display.start(self.step, budget_progress(self.tc, self.step, self.train_seconds))
+        try:
+            while budget_progress(self.tc, self.step, self.train_seconds) < 1.0:
+                t0 = time.perf_counter()
+                progress = budget_progress(self.tc, self.step, self.train_seconds)
+                lr = learning_rate(self.tc, self.step, progress)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                loss, metrics, ok = self._train_step()
+                bad = 0 if ok else bad + 1
+                if bad > self.tc.max_bad_steps:
+                    raise TrainingError(
+                        f"the loss was non-finite for {bad} consecutive steps (step {self.step}); "
+                        f"stopped without saving. The last good checkpoint is kept in "
+                        f"'{self.folder.path / ck.CKPT_DIR}'. Lower train.lr or check the data.")
+                self.train_seconds += time.perf_counter() - t0
+                if ok:
+                    self.step += 1
+                    self.tokens += self.tc.batch_size * self.tc.grad_accum * self.cfg.data.seq_len * self.world
+                self._after_step(loss, lr, metrics, ok)
+        except KeyboardInterrupt:
+            stopped_by = "interrupt"
+        finally:
+            self.display.stop()
+        self.save_checkpoint()
+        if stopped_by == "interrupt" and self.is_main:
+            print(f"interrupted at step {self.step}: checkpoint saved; continue with "
+                  f"`thunderdlm train --resume {self.folder.path}`")
+        return TrainSummary(self.folder.path, self.step, self.tokens, self.train_seconds, loss, stopped_by)
+
+    def _train_step(self) -> tuple[float, dict, bool]:
+        """One optimiser step over grad_accum micro-batches; (loss, metrics, ok)."""
+        self.model.train()
+        total, metrics = 0.0, {}
+        for micro in range(self.tc.grad_accum):
+            batch = self.windows.next_batch().to(self.device, non_blocking=True)
+            sync = nullcontext() if (self.world == 1 or micro == self.tc.grad_accum - 1) else self.model.no_sync()
+            with sync, self.autocast():
+                out = self.process.loss(self.model, batch)
+                (out.loss / self.tc.grad_accum).backward()
+            total += out.loss.item() / self.tc.grad_accum
+            metrics = out.metrics
+        norm = nn.utils.clip_grad_norm_(self.raw_model.parameters(),
+                                        self.tc.grad_clip if self.tc.grad_clip > 0 else float("inf"))
+        ok = math.isfinite(total) and bool(torch.isfinite(norm))
+        if self.world > 1:  # every rank must agree to skip, or the weights drift apart
+            flag = torch.tensor([1.0 if ok else 0.0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            ok = bool(flag.item() > 0)
+        if ok:
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.raw_model)
+        elif self.is_main:
+            print(f"warning: non-finite loss/gradient at step {self.step} (loss={total}); step skipped")
+        self.optimizer.zero_grad(set_to_none=True)
+        return total, {**metrics, "grad_norm": float(norm)}, ok
+
+    def _after_step(self, loss: float, lr: float, metrics: dict, ok: bool) -> None:
+        tok_s = self.tokens / max(self.train_seconds, 1e-9)
+        progress = budget_progress(self.tc, self.step, self.train_seconds)
+        if ok and self.step % self.tc.log_interval == 0 and self.is_main:
+            row = {"step": self.step, "loss": loss, "lr": lr, "tokens": self.tokens,
+                   "train_seconds": round(self.train_seconds, 3), "tok_s": round(tok_s, 1), **metrics}
+            self.folder.log(row)
+        self.display.update(self.step, loss, tok_s, progress, self.train_seconds)
+        if ok and self.tc.eval_interval and self.step % self.tc.eval_interval == 0:
+            self.evaluate()
+        if ok and self.step % self.tc.ckpt_interval == 0:
+            self.save_checkpoint()
+
+    # ---- evaluation and checkpoints ----------------------------------------------------------------
+    def eval_model(self) -> nn.Module:
+        """The weights used for evaluation: the EMA when enabled."""
+        if self.ema is None:
+            return self.raw_model
+        model = build_model(self.cfg.model, self.process.model_vocab_size, self.cfg.data.seq_len)
+        model.load_state_dict(self.ema.state_dict(self.raw_model))
+        return model.to(self.device)
+
+    def evaluate(self) -> dict | None:
+        if not self.is_main:
+            return None
+        gen = torch.Generator(device=self.device).manual_seed(0)  # the same t and masks every time
+        with self.autocast():
+            res = likelihood_bound(self.process, self.eval_model(), self.val.to(self.device),
+                                   t_samples=1, batch_size=self.tc.batch_size, generator=gen,
+                                   chars_per_token=self.data.chars_per_token("val"))
+        row = {"step": self.step, "val_nelbo": res["nats_per_token"], "val_se": res["stderr"],
+               "val_bpc": res["bits_per_char"], "train_seconds": round(self.train_seconds, 3)}
+        self.folder.log(row)
+        self.display.note(f"step {self.step}: val bound {res['nats_per_token']:.4f} ± {res['stderr']:.4f} nats/token")
+        return row
+
+    def save_checkpoint(self) -> None:
+        barrier(self.world)
+        tmp = ck.begin_checkpoint(self.folder.path, self.step) if self.is_main else None
+        barrier(self.world)
+        tmp = tmp or self.folder.path / ck.CKPT_DIR / f".tmp-{ck.checkpoint_name(self.step)}"
+        ck.save_tensors(tmp / f"rng_rank{self.rank}.safetensors", self._rng_state())
+        barrier(self.world)
+        if self.is_main:
+            state = {"step": self.step, "tokens": self.tokens, "train_seconds": self.train_seconds,
+                     "world_size": self.world, "seed": self.cfg.seed}
+            ema = self.ema.state_dict(self.raw_model) if self.ema is not None else None
+            ck.write_model_files(tmp, self.raw_model.state_dict(), ema, self.optimizer, state)
+            ck.commit_checkpoint(self.folder.path, tmp, self.step, self.tc.keep_checkpoints)
+        barrier(self.world)
+
+    def _rng_state(self) -> dict[str, torch.Tensor]:
+        state = {"torch_cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["torch_cuda"] = torch.cuda.get_rng_state(self.device)
+        state.update({f"data.{k}": v for k, v in self.windows.state_dict().items()})
+        return state
+
+    def _resume(self) -> None:
+        ckpt = ck.latest_checkpoint(self.folder.path)
+        state = ck.read_state(ckpt)
+        if state.get("world_size", 1) != self.world:
+            raise CheckpointError(f"'{ckpt}' was written by {state.get('world_size')} processes; "
+                                  f"resume it with the same number (got {self.world})")
+        self.folder.check_tokenizer(self.data)
+        self.raw_model.load_state_dict(ck.load_tensors(ckpt / "model.safetensors", self.device))
+        opt_t = ck.load_tensors(ckpt / "optimizer.safetensors", self.device)
+        import json
+        groups = json.loads((ckpt / "optimizer.json").read_text())
+        self.optimizer.load_state_dict(ck.optimizer_from_flat(opt_t, groups))
+        if self.ema is not None:
+            self.ema.load(ck.load_tensors(ckpt / "ema.safetensors", self.device))
+        rng = ck.load_tensors(ckpt / f"rng_rank{self.rank}.safetensors")
+        torch.set_rng_state(rng["torch_cpu"])
+        if "torch_cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["torch_cuda"], self.device)
+        self.windows.load_state_dict({k[5:]: v for k, v in rng.items() if k.startswith("data.")})
+        self.step, self.tokens, self.train_seconds = state["step"], state["tokens"], state["train_seconds"]
+        if self.is_main:
+            self.folder.truncate_metrics(self.step)
+            print(f"resuming {self.folder.path} from {ckpt.name} (step {self.step})")
+
+
+def train(cfg: RunConfig, run_dir: str | Path | None = None, show: bool = True) -> TrainSummary:
+    """Train a new run (``run_dir`` defaults to ``cfg.out_dir``)."""
+    return Trainer(cfg, Path(run_dir or cfg.out_dir), resume=False, show=show).fit()
+
+
+def resume(run_dir: str | Path, overrides: list[str] | None = None, show: bool = True) -> TrainSummary:
+    """Continue a run from its latest checkpoint (``overrides`` may extend the budget)."""
+    cfg = read_run_config(Path(run_dir), overrides)
+    if overrides:
+        RunFolder(Path(run_dir)).write_config(cfg)
+    return Trainer(cfg, Path(run_dir), resume=True, show=show).fit()

@@ -1,0 +1,45 @@
+"""``train`` config section: optimiser, schedule, budget, evaluation and checkpoint cadence."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from thunderdlm.config import check, param
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = param(64, help="windows per optimiser step per process (before accumulation)")
+    grad_accum: int = param(1, help="micro-batches accumulated per optimiser step")
+    lr: float = param(1e-3, help="peak learning rate (AdamW)")
+    min_lr: float = param(1e-4, help="learning rate at the end of the cosine decay")
+    warmup_steps: int = param(100, help="linear warm-up steps")
+    weight_decay: float = param(0.1, help="AdamW weight decay on matrices (not norms/biases)")
+    beta1: float = param(0.9, help="AdamW β1")
+    beta2: float = param(0.99, help="AdamW β2")
+    grad_clip: float = param(1.0, help="clip the global gradient norm to this (0 = off)")
+    max_steps: int = param(0, help="stop after this many optimiser steps (0 = no step limit)")
+    max_minutes: float = param(0.0, help="stop after this much training wall time (0 = no limit)")
+    ema_decay: float = param(0.0, help="EMA of the weights used for eval/sampling (0 = off)")
+    eval_interval: int = param(250, help="evaluate the validation bound every N steps (0 = never)")
+    eval_windows: int = param(128, help="validation windows used by the periodic evaluation")
+    log_interval: int = param(10, help="log the training loss every N steps")
+    ckpt_interval: int = param(500, help="write a checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = param(2, help="how many recent checkpoints to keep")
+    max_bad_steps: int = param(5, help="consecutive non-finite losses tolerated (skipped) before stopping")
+    device: str = param("auto", help="auto | cpu | cuda | cuda:N")
+    precision: str = param("auto", help="auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16",
+                           choices=("auto", "fp32", "bf16"))
+    compile: bool = param(False, help="torch.compile the model (GPU runs)")
+
+    def __post_init__(self):
+        for name in ("batch_size", "grad_accum"):
+            check(getattr(self, name) >= 1, f"train.{name}", f"must be ≥ 1, got {getattr(self, name)}")
+        check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        check(0 <= self.min_lr <= self.lr, "train.min_lr", f"must be in [0, train.lr], got {self.min_lr}")
+        check(self.max_steps > 0 or self.max_minutes > 0, "train.max_steps",
+              "set a budget: train.max_steps > 0 or train.max_minutes > 0")
+        check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        check(self.ckpt_interval >= 1, "train.ckpt_interval", f"must be ≥ 1, got {self.ckpt_interval}")
+        check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be ≥ 1")
+        check(self.log_interval >= 1, "train.log_interval", "must be ≥ 1")
+        check(self.grad_clip >= 0, "train.grad_clip", "must be ≥ 0")
