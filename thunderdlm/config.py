@@ -209,9 +209,11 @@ def load_yaml(source: str | Path) -> dict:
 
 
 def deep_update(dst: dict, src: dict) -> dict:
+    """Merge ``src`` into ``dst``; a section naming another variant (``name``) replaces the old one."""
     for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            deep_update(dst[k], v)
+        old = dst.get(k)
+        if isinstance(v, dict) and isinstance(old, dict) and v.get("name", old.get("name")) == old.get("name"):
+            deep_update(old, v)
         else:
             dst[k] = v
     return dst

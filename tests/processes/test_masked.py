@@ -90,3 +90,17 @@ def test_config_errors_name_the_field():
     from thunderdlm.errors import ConfigError
     with pytest.raises(ConfigError, match="process.eps"):
         MaskedConfig(eps=1.5)
+
+
+@pytest.mark.parametrize("schedule", ["loglinear", "cosine"])
+def test_ratio_estimator_has_the_nelbo_expectation(schedule, random_model):
+    """At fixed t both training estimators agree in expectation; the ratio one has lower variance."""
+    p = make(schedule=schedule)
+    model = random_model(p.model_vocab_size)
+    x0 = torch.randint(0, V, (4000, 12), generator=torch.Generator().manual_seed(0))
+    t = torch.full((4000,), 0.15)
+    a, _ = p.nelbo_at(model, x0, t, torch.Generator().manual_seed(1))
+    b, _ = p.nelbo_at(model, x0, t, torch.Generator().manual_seed(2), estimator="ratio")
+    se = math.sqrt(a.var() / a.numel() + b.var() / b.numel())
+    assert abs(a.mean() - b.mean()) < 4 * se
+    assert b.var() < a.var()

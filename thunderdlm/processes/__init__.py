@@ -1,12 +1,14 @@
 """Processes: one file each, registered by name. ``build_process(cfg, vocab_size)`` makes one."""
 from __future__ import annotations
 
+from thunderdlm.processes.autoregressive import AutoregressiveConfig, AutoregressiveProcess
 from thunderdlm.processes.base import LossOutput, Process, SampleOptions, StepContext, StepOutput
 from thunderdlm.processes.config import ProcessConfig
 from thunderdlm.processes.masked import MaskedConfig, MaskedProcess
 
 PROCESSES: dict[str, type[Process]] = {
     MaskedProcess.name: MaskedProcess,
+    AutoregressiveProcess.name: AutoregressiveProcess,
 }
 
 
@@ -15,4 +17,5 @@ def build_process(cfg: ProcessConfig, vocab_size: int) -> Process:
 
 
 __all__ = ["PROCESSES", "build_process", "Process", "ProcessConfig", "LossOutput", "SampleOptions",
-           "StepContext", "StepOutput", "MaskedConfig", "MaskedProcess"]
+           "StepContext", "StepOutput", "MaskedConfig", "MaskedProcess", "AutoregressiveConfig",
+           "AutoregressiveProcess"]

@@ -10,7 +10,7 @@ from thunderdlm.config import param
 class ProcessConfig:
     """Base of every process config; ``name`` selects the variant (see ``PROCESSES``)."""
 
-    name: str = param("masked", help="which process: masked")
+    name: str = param("masked", help="which process: masked | autoregressive")
     default_variant = "masked"
 
     @classmethod
