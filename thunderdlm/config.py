@@ -53,6 +53,13 @@ def _closest(name: str, options: list[str]) -> str:
     return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(sorted(options))}"
 
 
+def _not_one_of(where: str, value: Any, options: list) -> ConfigError:
+    """The error for a value outside a fixed set of choices, with the closest valid one."""
+    match = difflib.get_close_matches(str(value), [str(o) for o in options], n=1, cutoff=0.5)
+    hint = f"; did you mean '{match[0]}'?" if match else ""
+    return ConfigError(f"config field '{where}': {value!r} is not one of {list(options)}{hint}")
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Convert ``value`` to the annotated type ``tp`` or raise a ConfigError naming ``where``."""
     origin = get_origin(tp)
@@ -73,7 +80,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(errors[0] if errors else f"config field '{where}': bad value {value!r}")
     if origin is Literal:
         if value not in get_args(tp):
-            raise ConfigError(f"config field '{where}': {value!r} is not one of {list(get_args(tp))}")
+            raise _not_one_of(where, value, list(get_args(tp)))
         return value
     if origin in (list, tuple):
         if isinstance(value, str):
@@ -150,7 +157,7 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
         kwargs[key] = _coerce(value, hints[key], fpath)
         choices = fields[key].metadata.get("choices")
         if choices and kwargs[key] not in choices:
-            raise ConfigError(f"config field '{fpath}': {kwargs[key]!r} is not one of {list(choices)}")
+            raise _not_one_of(fpath, kwargs[key], list(choices))
     try:
         return cls(**kwargs)
     except ConfigError:
