@@ -13,23 +13,44 @@ A backbone is a pure ``nn.Module`` from token ids and a noise level to logits::
 - ``causal``: ``None`` takes ``cfg.causal``; ``True`` restricts position ``i`` to ``j <= i``.
 - The output is float32 even under autocast. Process-specific output transforms (SEDD's
   ``scale_by_sigma``, MDLM's SUBS, zeroing the current token) live in the processes.
+
+Incremental causal decoding (backbones with ``supports_kv_cache``)::
+
+    cache = model.new_kv_cache()                             # KVCache, empty
+    logits = model(x_new, sigma, causal=True, kv_cache=cache)
+                                             # x_new (B, n): the tokens at absolute positions
+                                             # cache.length .. cache.length + n - 1
+                                             # -> (B, n, vocab_size); their k/v are appended
+
+- Positions are absolute (rotary angles, learned / sinusoidal tables start at ``cache.length``);
+  query ``p`` sees keys ``0..p``, so the logits equal those of the full causal forward over
+  ``x[:, :cache.length + n]`` at the new positions, for any chunk size ``n`` (prefill or one token).
+- ``sigma``: ``(B,)`` per sequence, or ``(B, n)`` per token for the *new* positions only (the same
+  shape as ``x_new``). Cached keys and values keep the σ they were computed with.
+- ``causal`` must resolve to True (a bidirectional model has no valid prefix cache); the cache's
+  capacity and ``max_seq_len`` bound ``cache.length + n``. ``KVCache.crop(p)`` rolls back to ``p``
+  positions when the tokens from ``p`` on change. Without ``kv_cache`` nothing of this runs.
 """
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from thunderdlm.models.config import ModelConfig
+from thunderdlm.models.kv_cache import KVCache
 
 
 class Backbone(nn.Module, metaclass=ABCMeta):
-    """Abstract base: ``forward(x, sigma, *, causal) -> (B, L, vocab_size)`` float32 logits."""
+    """Abstract base: ``forward(x, sigma, *, causal, kv_cache) -> (B, L, vocab_size)`` float32."""
 
     cfg: ModelConfig
     vocab_size: int
     max_seq_len: int
+    #: True when ``forward`` accepts ``kv_cache=`` (incremental causal decoding).
+    supports_kv_cache: ClassVar[bool] = False
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, max_seq_len: int) -> None:
         super().__init__()
@@ -43,8 +64,18 @@ class Backbone(nn.Module, metaclass=ABCMeta):
 
     @abstractmethod
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, *,
-                causal: bool | None = None) -> torch.Tensor:
-        """x: (B, L) token ids, sigma: (B,) | (B, L) | None -> (B, L, vocab_size) float32."""
+                causal: bool | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """x: (B, L) token ids, sigma: (B,) | (B, L) | None -> (B, L, vocab_size) float32.
+
+        With ``kv_cache`` (only where ``supports_kv_cache``) ``x`` holds the tokens after the
+        cached ones; see the module docstring.
+        """
+
+    def new_kv_cache(self, max_len: int | None = None) -> KVCache:
+        """An empty cache for this backbone, room for ``max_len`` (default max_seq_len) positions."""
+        if not self.supports_kv_cache:
+            raise ValueError(f"{type(self).__name__} does not support a KV cache")
+        return KVCache(self.cfg.n_layer, min(max_len or self.max_seq_len, self.max_seq_len))
 
     @abstractmethod
     def _embedding_parameters(self) -> list[nn.Parameter]:
@@ -77,6 +108,21 @@ class Backbone(nn.Module, metaclass=ABCMeta):
         if not 1 <= x.shape[1] <= self.max_seq_len:
             raise ValueError(f"sequence length {x.shape[1]} is outside 1..max_seq_len="
                              f"{self.max_seq_len} of this {type(self).__name__}")
+
+    def _check_kv_cache(self, x: torch.Tensor, causal: bool, kv_cache: KVCache) -> None:
+        """A cache needs causal attention, matching depth, and room for x's n new positions."""
+        if not causal:
+            raise ValueError(f"{type(self).__name__}: a KV cache needs causal attention "
+                             "(pass causal=True or set model.causal)")
+        if kv_cache.n_layer != self.cfg.n_layer:
+            raise ValueError(f"KVCache has {kv_cache.n_layer} layers but this "
+                             f"{type(self).__name__} has {self.cfg.n_layer}; "
+                             "make it with model.new_kv_cache()")
+        end = kv_cache.length + x.shape[1]
+        if end > self.max_seq_len:
+            raise ValueError(f"positions up to {end} (cache {kv_cache.length} + {x.shape[1]} new) "
+                             f"exceed max_seq_len={self.max_seq_len} of this {type(self).__name__}")
+        kv_cache.check_room(x.shape[0], x.shape[1])
 
     def _prepare_sigma(self, x: torch.Tensor, sigma: torch.Tensor | None) -> torch.Tensor:
         """Noise levels as float32 (B,) or (B, L) on x's device; None -> zeros (B,)."""

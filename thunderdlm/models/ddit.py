@@ -20,6 +20,10 @@ current token's score are process concerns and are not done here.
 
 Per-token noise levels ``σ: (B, L)`` give per-token conditioning ``c: (B, L, C)``, and every
 modulation broadcasts per token (used by diffusion forcing).
+
+With a ``KVCache`` (causal only) ``x`` holds the new tokens at positions ``cache.length`` onwards;
+``c`` comes from σ as usual (per sequence, or per token for the new positions), rotary angles are
+absolute, and each block appends its keys and values to the cache.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from torch import nn
 from thunderdlm.errors import ConfigError
 from thunderdlm.models.base import Backbone
 from thunderdlm.models.config import ModelConfig
+from thunderdlm.models.kv_cache import KVCache, LayerKV
 from thunderdlm.models.layers import (MLP, LayerNorm, Rotary, SelfAttention, TimestepEmbedder,
                                       modulate, per_token)
 
@@ -58,11 +63,12 @@ class DDiTBlock(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.adaLN_modulation = zero_linear(cfg.cond_dim, 6 * d)
 
-    def forward(self, h: torch.Tensor, c: torch.Tensor, causal: bool) -> torch.Tensor:
-        """h: (B, L, D), c: (B, C) or (B, L, C) -> (B, L, D)."""
+    def forward(self, h: torch.Tensor, c: torch.Tensor, causal: bool,
+                kv: LayerKV | None = None) -> torch.Tensor:
+        """h: (B, L, D), c: (B, C) or (B, L, C) -> (B, L, D); ``kv``: a KV-cache slot if decoding."""
         mod = self.adaLN_modulation(c)                                       # (B, [L,] 6D)
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)  # 6 x (B, [L,] D)
-        a = self.attn(modulate(self.norm1(h), shift1, scale1), causal=causal)
+        a = self.attn(modulate(self.norm1(h), shift1, scale1), causal=causal, kv=kv)
         h = h + per_token(gate1) * self.dropout(a)                           # (B, L, D)
         m = self.mlp(modulate(self.norm2(h), shift2, scale2))
         h = h + per_token(gate2) * self.dropout(m)                           # (B, L, D)
@@ -87,6 +93,8 @@ class DDiTFinalLayer(nn.Module):
 class DDiT(Backbone):
     """SEDD / MDLM diffusion transformer; see the module docstring for the equations."""
 
+    supports_kv_cache = True
+
     def __init__(self, cfg: ModelConfig, vocab_size: int, max_seq_len: int) -> None:
         super().__init__(cfg, vocab_size, max_seq_len)
         if cfg.pos_emb != "rotary":
@@ -100,17 +108,25 @@ class DDiT(Backbone):
         self.output_layer = DDiTFinalLayer(cfg, vocab_size)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, *,
-                causal: bool | None = None) -> torch.Tensor:
-        """x: (B, L) ids, sigma: (B,) | (B, L) | None -> (B, L, V) float32 logits."""
+                causal: bool | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """x: (B, L) ids, sigma: (B,) | (B, L) | None -> (B, L, V) float32 logits.
+
+        With ``kv_cache``: x (B, n) are the tokens after the cached ones, sigma (B,) or (B, n)
+        -> (B, n, V).
+        """
         self._check_tokens(x)
         causal = self._resolve_causal(causal)
+        if kv_cache is not None:
+            self._check_kv_cache(x, causal, kv_cache)
         sigma = self._prepare_sigma(x, sigma)                                # (B,) or (B, L)
         if not self.cfg.time_conditioning:
             sigma = torch.zeros_like(sigma)      # time-agnostic (MDLM): the model sees σ = 0
         c = F.silu(self.sigma_map(sigma))                                    # (B, [L,] C)
         h = F.embedding(x, self.vocab_embed)                                 # (B, L, D)
-        for block in self.blocks:
-            h = block(h, c, causal)
+        for i, block in enumerate(self.blocks):
+            h = block(h, c, causal, kv_cache.layer(i) if kv_cache is not None else None)
+        if kv_cache is not None:
+            kv_cache.advance(x.shape[1])
         return self.output_layer(h, c).float()                               # (B, L, V)
 
     def _embedding_parameters(self) -> list[nn.Parameter]:

@@ -16,6 +16,10 @@ residual projections (``c_proj``) ~ N(0, (init_std / √(2 n_layer))²). ``cfg.b
 the biases of Linear and LayerNorm layers. The same network serves the autoregressive baseline
 (``causal=True``), uniform / masked diffusion (bidirectional) and diffusion forcing (causal with
 per-token σ).
+
+With a ``KVCache`` (``model(x_new, causal=True, kv_cache=cache)``) ``x_new`` holds the tokens at
+positions ``P = cache.length`` onwards: the position table is read at ``P..P+n-1`` (rotary angles
+likewise) and each block appends its keys and values to the cache.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from torch import nn
 
 from thunderdlm.models.base import Backbone
 from thunderdlm.models.config import ModelConfig
+from thunderdlm.models.kv_cache import KVCache, LayerKV
 from thunderdlm.models.layers import (MLP, LayerNorm, Rotary, SelfAttention, TimestepEmbedder,
                                       per_token, sinusoidal_positions)
 
@@ -43,15 +48,17 @@ class GPTBlock(nn.Module):
         self.mlp = MLP(d, cfg.mlp_ratio, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, h: torch.Tensor, causal: bool) -> torch.Tensor:
-        """h: (B, L, D) -> (B, L, D)."""
-        h = h + self.dropout(self.attn(self.ln_1(h), causal=causal))
+    def forward(self, h: torch.Tensor, causal: bool, kv: LayerKV | None = None) -> torch.Tensor:
+        """h: (B, L, D) -> (B, L, D); ``kv``: this block's slot of a KV cache, if decoding."""
+        h = h + self.dropout(self.attn(self.ln_1(h), causal=causal, kv=kv))
         h = h + self.dropout(self.mlp(self.ln_2(h)))
         return h
 
 
 class GPT(Backbone):
     """nanoGPT-style transformer; see the module docstring for the equations."""
+
+    supports_kv_cache = True
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, max_seq_len: int) -> None:
         super().__init__(cfg, vocab_size, max_seq_len)
@@ -90,29 +97,47 @@ class GPT(Backbone):
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=residual_std)
 
-    def _embed(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """Token + position (+ time) embedding: x (B, L), sigma (B,) | (B, L) -> (B, L, D)."""
+    def _embed(self, x: torch.Tensor, sigma: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Token + position (+ time) embedding: x (B, L), sigma (B,) | (B, L) -> (B, L, D).
+
+        ``x`` sits at absolute positions ``offset..offset+L-1`` (``offset > 0`` with a KV cache).
+        """
         L = x.shape[1]
         h = self.wte(x)                                                      # (B, L, D)
         if self.wpe is not None:
-            h = h + self.wpe(torch.arange(L, device=x.device))               # + (L, D)
+            h = h + self.wpe(torch.arange(offset, offset + L, device=x.device))  # + (L, D)
         if self.pos_table is not None:
-            h = h + self.pos_table[:L].to(h.dtype)                           # + (L, D)
+            h = h + self.pos_table[offset:offset + L].to(h.dtype)            # + (L, D)
         if self.time_embed is not None and self.time_proj is not None:
             t = self.time_proj(self.time_embed(sigma))                       # (B, [L,] D)
             h = h + per_token(t)
         return self.drop(h)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, *,
-                causal: bool | None = None) -> torch.Tensor:
-        """x: (B, L) ids, sigma: (B,) | (B, L) | None -> (B, L, V) float32 logits."""
+                causal: bool | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """x: (B, L) ids, sigma: (B,) | (B, L) | None -> (B, L, V) float32 logits.
+
+        With ``kv_cache``: x (B, n) are the tokens after the cached ones -> (B, n, V).
+        """
         self._check_tokens(x)
         causal = self._resolve_causal(causal)
         sigma = self._prepare_sigma(x, sigma)                                # (B,) or (B, L)
+        if kv_cache is not None:
+            return self._forward_cached(x, sigma, kv_cache, causal)
         h = self._embed(x, sigma)                                            # (B, L, D)
         for block in self.blocks:
             h = block(h, causal)
         return self.lm_head(self.ln_f(h)).float()                            # (B, L, V)
+
+    def _forward_cached(self, x: torch.Tensor, sigma: torch.Tensor, kv_cache: KVCache,
+                        causal: bool) -> torch.Tensor:
+        """The forward over n new tokens at positions cache.length.. -> (B, n, V)."""
+        self._check_kv_cache(x, causal, kv_cache)
+        h = self._embed(x, sigma, offset=kv_cache.length)                    # (B, n, D)
+        for i, block in enumerate(self.blocks):
+            h = block(h, True, kv_cache.layer(i))
+        kv_cache.advance(x.shape[1])
+        return self.lm_head(self.ln_f(h)).float()                            # (B, n, V)
 
     def _embedding_parameters(self) -> list[nn.Parameter]:
         tables = [self.wte.weight]

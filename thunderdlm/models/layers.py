@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from thunderdlm.models.kv_cache import LayerKV
+
 # ----------------------------------------------------------------------------------------------
 # conditioning
 # ----------------------------------------------------------------------------------------------
@@ -117,9 +119,16 @@ class Rotary:
         return (usable and table.shape[0] >= length and table.device == device
                 and table.dtype == dtype)
 
-    def apply(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotate q, k of shape (B, H, L, Dh) by their positions 0..L-1."""
-        cos, sin = self.cos_sin(q.shape[-2], q.device, q.dtype)            # (L, Dh)
+    def apply(self, q: torch.Tensor, k: torch.Tensor,
+              offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate q, k of shape (B, H, L, Dh) by their positions offset..offset+L-1.
+
+        ``offset > 0`` is incremental decoding with a KV cache: the new tokens sit after the
+        ``offset`` cached ones, and each is rotated by its absolute position.
+        """
+        cos, sin = self.cos_sin(offset + q.shape[-2], q.device, q.dtype)   # (offset + L, Dh)
+        if offset:
+            cos, sin = cos[offset:], sin[offset:]                           # (L, Dh)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         return q, k
@@ -169,7 +178,10 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention: fused QKV, optional rotary, SDPA, output projection.
 
     ``scaled_dot_product_attention`` picks flash / memory-efficient kernels on GPU.
-    ``attn_dropout`` drops attention weights in training only.
+    ``attn_dropout`` drops attention weights in training only. With ``kv`` (one layer's slot of a
+    :class:`~thunderdlm.models.kv_cache.KVCache`, causal only) ``x`` holds the tokens at positions
+    ``kv.offset .. kv.offset + L - 1``: their keys and values are appended to the cache and the
+    queries attend to every cached position up to their own.
     """
 
     def __init__(self, dim: int, n_head: int, bias: bool = False, attn_dropout: float = 0.0,
@@ -183,16 +195,43 @@ class SelfAttention(nn.Module):
         self.c_proj = nn.Linear(dim, dim, bias=bias)       # W_o
         self.rotary = rotary
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False,
+                kv: LayerKV | None = None) -> torch.Tensor:
         """x: (B, L, D) -> (B, L, D)."""
         B, L, D = x.shape
         qkv = self.c_attn(x).view(B, L, 3, self.n_head, D // self.n_head)   # (B, L, 3, H, Dh)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                      # 3 x (B, H, L, Dh)
+        if kv is not None:
+            return self._forward_cached(q, k, v, kv)
         if self.rotary is not None:
             q, k = self.rotary.apply(q, k)
         p = self.attn_dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)  # (B, H, L, Dh)
         y = y.transpose(1, 2).reshape(B, L, D)                              # (B, L, D)
+        return self.c_proj(y)
+
+    def _forward_cached(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        kv: LayerKV) -> torch.Tensor:
+        """Causal attention of n new queries over P cached + n new keys; q, k, v: (B, H, n, Dh)."""
+        B, H, n, Dh = q.shape
+        P = kv.offset
+        if self.rotary is not None:
+            # build the cos/sin table once for the cache's capacity, not once per new length
+            self.rotary.cos_sin(kv.capacity, q.device, q.dtype)
+            q, k = self.rotary.apply(q, k, offset=P)                        # absolute positions
+        k, v = kv.append(k, v)                                              # 2 x (B, H, P + n, Dh)
+        mask, is_causal = None, False
+        if n > 1 and P == 0:
+            is_causal = True                                                # square causal mask
+        elif n > 1:
+            # query i sits at absolute position P + i and sees keys 0..P+i; SDPA's is_causal
+            # would align the mask top-left (query i sees keys 0..i) when n != P + n
+            rows = torch.arange(P, P + n, device=q.device)[:, None]         # (n, 1)
+            mask = torch.arange(P + n, device=q.device)[None, :] <= rows    # (n, P + n) bool
+        p = self.attn_dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                           is_causal=is_causal)             # (B, H, n, Dh)
+        y = y.transpose(1, 2).reshape(B, n, H * Dh)                         # (B, n, D)
         return self.c_proj(y)
 
     def extra_repr(self) -> str:

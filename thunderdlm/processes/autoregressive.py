@@ -14,6 +14,18 @@ never reads to the left of the position it predicts); each network evaluation de
 undecided editable position of every row from its left context. A step decodes ``n_commit``
 positions, or its share (t − s)/t of what is left, so a block is complete at its last step.
 Known text to the right of a gap is ignored (AR cannot condition on it).
+
+KV cache (``process.kv_cache``, on by default, for backbones with ``supports_kv_cache``): the
+network input of a row is ``inp = [BOS, x_0, .., x_{L-2}]`` and the logits at position p depend on
+``inp[0..p]`` only, so keys and values of a prefix stay valid while that prefix is unchanged. The
+step keeps a ``KVCache`` and the input it was fed in ``ctx.cache``; before each evaluation it rolls
+the cache back to the longest prefix on which the cached input still equals the current one (all
+rows), then feeds ``inp[start : max(pos) + 1]`` as one chunk. In a plain generation that is the
+prompt once, then one token per evaluation, and a known infill span together with the token after
+it: O(L) token positions for a whole sample instead of O(L²). Rows at different cursors or edits
+at cached positions only roll the cache back further, so the result equals the recompute path
+(up to float rounding, far below what changes a draw); the same ``draw_tokens`` call consumes the
+random generator identically on both paths.
 """
 from __future__ import annotations
 
@@ -25,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from thunderdlm.config import param
+from thunderdlm.models.kv_cache import KVCache
 from thunderdlm.processes.base import LossOutput, Process, StepContext, StepOutput
 from thunderdlm.processes.config import ProcessConfig
 from thunderdlm.sampling.categorical import draw_tokens
@@ -33,6 +46,9 @@ from thunderdlm.sampling.categorical import draw_tokens
 @dataclass
 class AutoregressiveConfig(ProcessConfig):
     name: str = param("autoregressive", help="autoregressive teacher forcing (exact likelihood)")
+    kv_cache: bool = param(True, help="sample with a key/value cache: O(L) token positions per "
+                                      "sample instead of O(L^2); false recomputes the full causal "
+                                      "forward for every token (same tokens, slower)")
 
 
 class AutoregressiveProcess(Process):
@@ -52,10 +68,13 @@ class AutoregressiveProcess(Process):
     def noise_token_id(self) -> int:
         return self.bos_id
 
+    def network_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x shifted right behind BOS: (B, L) -> (B, L), ``inp[:, p]`` predicts ``x[:, p]``."""
+        return torch.cat([torch.full_like(x[:, :1], self.bos_id), x[:, :-1]], dim=1)
+
     def logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """(B, L, V) next-token logits for every position of x, BOS excluded from the outputs."""
-        inp = torch.cat([torch.full_like(x[:, :1], self.bos_id), x[:, :-1]], dim=1)   # shift right
-        out = model(inp, None, causal=True).float()
+        out = model(self.network_input(x), None, causal=True).float()
         return out[..., : self.vocab_size]
 
     def nelbo(self, model: nn.Module, x0: torch.Tensor, generator=None) -> torch.Tensor:
@@ -91,12 +110,39 @@ class AutoregressiveProcess(Process):
             if not active.any():
                 break
             pos = todo.float().argmax(dim=1)                               # leftmost undecided, (B,)
-            logits = self.logits(model, x)[rows, pos]                      # (B, V)
+            if self.cfg.kv_cache and getattr(model, "supports_kv_cache", False):
+                logits = self._cached_logits(model, x, pos, active, ctx)    # (B, V)
+            else:
+                logits = self.logits(model, x)[rows, pos]                  # (B, V)
             ctx.nfe += 1
             opts = ctx.options
             tok = draw_tokens(logits, opts.temperature, opts.top_k, opts.top_p, ctx.generator)
             x[rows[active], pos[active]] = tok[active]
         return StepOutput(x, x)
+
+    def _cached_logits(self, model: nn.Module, x: torch.Tensor, pos: torch.Tensor,
+                       active: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """Next-token logits (B, V) at ``pos`` (B,), feeding the network only uncached positions.
+
+        Rows that are not ``active`` get logits for some position (they are drawn and discarded,
+        as on the recompute path).
+        """
+        inp = self.network_input(x)                                        # (B, L)
+        cache: KVCache | None = ctx.cache.get("ar_kv")
+        fed: torch.Tensor | None = ctx.cache.get("ar_fed")                 # (B, P) inputs cached
+        if cache is None or fed is None or fed.shape[0] != x.shape[0]:
+            cache, fed = model.new_kv_cache(x.shape[1]), inp[:, :0]
+        P = fed.shape[1]
+        same = (fed == inp[:, :P]).all(dim=0)                              # (P,) column unchanged
+        valid = P if bool(same.all()) else int((~same).int().argmax())     # longest equal prefix
+        start = min(valid, int(pos[active].min()))
+        end = int(pos[active].max()) + 1                                   # feed inp[start:end]
+        cache.crop(start)
+        out = model(inp[:, start:end], None, causal=True, kv_cache=cache)  # (B, end - start, V)
+        ctx.cache["ar_kv"], ctx.cache["ar_fed"] = cache, inp[:, :end].clone()
+        idx = (pos - start).clamp(0, end - start - 1)                      # (B,)
+        rows = torch.arange(x.shape[0], device=x.device)
+        return out[rows, idx, : self.vocab_size].float()
 
     def finalize(self, model: nn.Module, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """Decode whatever is still undecided (the loop's last step normally leaves nothing)."""
