@@ -1,4 +1,4 @@
-"""``thunderdlm`` command line: data | train | sample | eval | presets.
+"""``thunderdlm`` command line: data | train | sample | eval | convert | bench | presets.
 
 Errors the user can cause are printed as one line naming the field or file (exit code 2), never as
 a traceback; set THUNDERDLM_DEBUG=1 to see the traceback anyway.
@@ -87,14 +87,82 @@ def cmd_eval(args) -> int:
     from thunderdlm.checkpoint import atomic_write_text
 
     lm = thunderdlm.load(args.run, checkpoint=args.checkpoint, device=args.device)
+    if args.judge and args.samples < 1:
+        raise ThunderError("--judge scores samples: give --samples N (N ≥ 1) as well")
+    if args.samples > 0:            # load the judges first: a bad spec fails before the long evaluation
+        from thunderdlm.judges import load_judge
+
+        judges = [load_judge(spec, device=str(lm.device)) for spec in args.judge or []]
     res = lm.evaluate(args.data, windows=args.windows, t_samples=args.t_samples,
                       batch_size=args.batch_size, seed=args.seed)
+    if args.samples > 0:
+        from thunderdlm.evaluate import evaluate_samples
+
+        res["samples"] = evaluate_samples(lm, args.samples, args.steps, args.length, judges, seed=args.seed,
+                                          judge_batch_size=args.judge_batch_size)
     out = Path(args.json) if args.json else Path(args.run) / "eval.json"
     atomic_write_text(out, json.dumps(res, indent=1))
     kind = "exact NLL" if res["exact"] else "NLL bound (NELBO)"
     print(f"validation {kind}: {res['nats_per_token']:.4f} ± {res['stderr']:.4f} nats/token, "
           f"{res['nats_per_char']:.4f} nats/char, {res['bits_per_char']:.4f} bits/char "
           f"({res['windows']} windows × {res['seq_len']} tokens, {res['t_samples']} t-samples each) → {out}")
+    if "samples" in res:
+        print_samples_summary(res["samples"])
+    return 0
+
+
+def print_samples_summary(s: dict) -> None:
+    m = s["metrics"]
+    print(f"samples: {s['n']} × {s['length']} tokens, {s['steps']} steps ({s['nfe']} network evaluations), "
+          f"{s['sampling_tokens_per_s']:,.0f} tok/s; char entropy {m['unigram_entropy']:.3f} / bigram "
+          f"{m['bigram_entropy']:.3f} nats, distinct-1/2 {m['distinct_1']:.3f}/{m['distinct_2']:.3f}, "
+          f"repetition {m['repetition_rate']:.3f}")
+    for name, j in s["judges"].items():
+        print(f"judge {name}: {j['nats_per_char']:.4f} nats/char, {j['nats_per_token']:.4f} nats/token "
+              f"(perplexity {j['perplexity']:.2f} over {j['tokens']:,} judge tokens)")
+
+
+# ---- convert -------------------------------------------------------------------------------------------
+
+def cmd_convert(args) -> int:
+    from thunderdlm.judges import smollm2
+
+    out = Path(args.out) if args.out else smollm2.converted_dir()
+    if smollm2.is_converted(out) and not args.force:
+        print(f"already converted: '{out}' (use --force to convert again)")
+        return 0
+    smollm2.convert_smollm2(out, log=print)
+    print(f"use it as a judge: thunderdlm eval RUN --samples 16 --judge "
+          f"{'smollm2' if out == smollm2.converted_dir() else out}")
+    return 0
+
+
+# ---- bench ---------------------------------------------------------------------------------------------
+
+def cmd_bench(args) -> int:
+    from thunderdlm.bench import load_suite, plan_suite, run_suite, suite_names
+
+    if args.list:
+        for name in suite_names():
+            suite, _ = load_suite(name)
+            print(f"{name:20s} {len(suite.methods)} methods, {suite.budget.describe()}: {suite.description}")
+        return 0
+    if not args.suite:
+        raise ThunderError("give a suite: a name (see `thunderdlm bench --list`) or a YAML path")
+    suite, path = load_suite(args.suite, args.set)
+    plan = plan_suite(suite, path, out=args.out)       # every check happens here, before training
+    try:
+        results = run_suite(plan, only=args.only, force=args.force, retrain=args.retrain,
+                            show=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished methods are saved in {plan.out}; run the same command again to "
+              "resume (trained runs are reused, a partial run continues from its last checkpoint)",
+              file=sys.stderr)
+        return 130
+    print(f"wrote {plan.out / 'results.json'}, {plan.out / 'results.md'} and plots "
+          f"({len(results.methods)} of {len(plan.methods)} methods in the results)")
+    for warning in results.warnings:
+        print(f"warning: {warning}")
     return 0
 
 
@@ -153,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--device", default="auto")
     sa.set_defaults(func=cmd_sample)
 
-    ev = sub.add_parser("eval", help="validation NLL bound of a run")
+    ev = sub.add_parser("eval", help="validation NLL bound of a run (and sample quality with --samples)")
     ev.add_argument("run")
     ev.add_argument("--data", default=None, help="data folder (default: the run's)")
     ev.add_argument("--windows", type=int, default=0, help="validation windows (0 = the whole split)")
@@ -163,7 +231,35 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", default=None, help="where to write the JSON (default RUN/eval.json)")
     ev.add_argument("--checkpoint", default=None)
     ev.add_argument("--device", default="auto")
+    ev.add_argument("--samples", type=int, default=0, metavar="N",
+                    help="also draw N samples and measure them (entropy, distinct-n, judges) into the JSON")
+    ev.add_argument("--steps", type=int, default=64, help="reverse steps for --samples")
+    ev.add_argument("--length", type=int, default=None, help="tokens per sample (default: the context)")
+    ev.add_argument("--judge", nargs="+", default=None, metavar="SPEC",
+                    help="judges of the samples: smollm2 and/or autoregressive run folders")
+    ev.add_argument("--judge-batch-size", type=int, default=8)
     ev.set_defaults(func=cmd_eval)
+
+    cv = sub.add_parser("convert", help="convert a bundled judge model once (smollm2: GGUF → safetensors)")
+    cv.add_argument("model", choices=["smollm2"])
+    cv.add_argument("--out", default=None, help="folder to write (default: $THUNDERDLM_CACHE/smollm2, "
+                                                "~/.cache/thunderdlm/smollm2)")
+    cv.add_argument("--force", action="store_true", help="convert again even if already converted")
+    cv.set_defaults(func=cmd_convert)
+
+    be = sub.add_parser("bench", help="train and measure a suite of methods at equal budget")
+    be.add_argument("suite", nargs="?", help="suite name (see --list) or a suite YAML file")
+    be.add_argument("--list", action="store_true", help="list the suites shipped with thunderdlm")
+    be.add_argument("--out", default=None, help="output folder (default: the suite's, bench/results/<suite>)")
+    be.add_argument("--force", action="store_true", help="measure methods again even if their results are saved")
+    be.add_argument("--retrain", action="store_true",
+                    help="train the selected methods again from scratch (deletes their run folders)")
+    be.add_argument("--only", nargs="+", metavar="NAME", default=None, help="run only these methods")
+    be.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a suite field (budget.minutes=2, sampling.nfe=[8,32]) or, for every "
+                         "method, a run-config key (data.dir=PATH, model.n_layer=2)")
+    be.add_argument("--quiet", action="store_true", help="no training progress display")
+    be.set_defaults(func=cmd_bench)
 
     pr = sub.add_parser("presets", help="list the config presets")
     pr.set_defaults(func=cmd_presets)

@@ -1,0 +1,220 @@
+"""`thunderdlm bench`: suite validation before training, the manifest, and the tiny suite end to end
+(train → measure → results.json / results.md / plots, then reuse, --force, resume)."""
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from thunderdlm.bench import load_results, load_suite, plan_suite
+from thunderdlm.bench.manifest import Manifest, collect_manifest
+from thunderdlm.bench.results import BenchResults, write_results
+from thunderdlm.bench.suite import SuiteError, suite_names
+from thunderdlm.checkpoint import list_checkpoints, read_state
+from thunderdlm.cli import main
+
+WORDS = ["to", "be", "or", "not", "that", "is", "the", "question", "whether", "tis", "nobler"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from thunderdlm.data import prepare_data
+
+    rng = random.Random(0)
+    root = tmp_path_factory.mktemp("bench_data")
+    (root / "corpus.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(6000)))
+    return prepare_data(root / "char", source=None, paths=[str(root / "corpus.txt")], tokenizer="char")
+
+
+def write_suite(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "suite.yaml"
+    path.write_text(text)
+    return path
+
+
+def suite_yaml(data_dir, methods: str, extra: str = "") -> str:
+    return f"""
+methods:
+{methods}
+budget: {{steps: 2}}
+shared: [data.dir={data_dir}, data.seq_len=32, train.batch_size=4]
+sampling: {{n_samples: 1, length: 16, nfe: [2]}}
+{extra}
+"""
+
+
+GOOD_METHODS = """  - {name: masked, preset: shakespeare_char}
+  - {name: ar, preset: shakespeare_char_ar}"""
+
+
+# ---- validation, before any training -----------------------------------------------------------
+
+@pytest.mark.parametrize("methods, extra, match", [
+    ("  - {preset: shakespeare_char}", "", r"methods\[0\]\.name.*missing"),
+    (GOOD_METHODS.replace("name: ar", "name: masked"), "", r"methods\[1\]\.name.*duplicate method name 'masked'"),
+    (GOOD_METHODS.replace("shakespeare_char_ar", "shakespeare_chr_ar"), "",
+     r"methods\[1\]\.preset.*shakespeare_chr_ar.*did you mean 'shakespeare_char_ar'"),
+    (GOOD_METHODS, "judges: [no_such_judge]", r"judges\[0\].*no_such_judge"),
+    (GOOD_METHODS, "sampling: {nfe: [16, 0]}", r"sampling\.nfe\[1\].*≥ 1"),
+    (GOOD_METHODS, "budgett: {minutes: 1}", r"unknown key 'budgett'.*did you mean 'budget'"),
+    (GOOD_METHODS.replace("preset: shakespeare_char}", "preset: shakespeare_char, overrides: [train.max_steps=9]}", 1),
+     "", r"methods\[0\]\.overrides\[0\].*'train.max_steps' is set by the suite's 'budget'"),
+    (GOOD_METHODS.replace("preset: shakespeare_char}", "preset: shakespeare_char, overrides: [model.n_layr=2]}", 1),
+     "", r"method 'masked'.*n_layr.*did you mean 'n_layer'"),
+    (GOOD_METHODS, "sampling: {length: 64}", r"sampling\.length.*longer than method 'masked'"),
+])
+def test_bad_suites_fail_with_a_named_error_before_training(tmp_path, data_dir, methods, extra, match):
+    text = suite_yaml(data_dir, methods)
+    if extra.startswith("sampling"):
+        text = text.replace("sampling: {n_samples: 1, length: 16, nfe: [2]}", extra)
+    else:
+        text += extra + "\n"
+    path = write_suite(tmp_path, text)
+    out = tmp_path / "out"
+    with pytest.raises(SuiteError, match=match) as err:
+        suite, src = load_suite(path)
+        plan_suite(suite, src, out=out)
+    assert str(path) in str(err.value)                 # the error names the suite file
+    assert not out.exists()                            # nothing was trained or written
+
+
+def test_cli_prints_a_bad_suite_as_one_line(tmp_path, data_dir, capsys):
+    path = write_suite(tmp_path, suite_yaml(data_dir, GOOD_METHODS, "judges: [no_such_judge]"))
+    assert main(["bench", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: suite ") and "judges[0]" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_set_routes_suite_fields_and_run_config_keys(tmp_path, data_dir):
+    suite, _ = load_suite(write_suite(tmp_path, suite_yaml(data_dir, GOOD_METHODS)),
+                          ["budget.tokens=1000", "sampling.nfe=[3,5]", "model.n_layer=1"])
+    assert suite.budget.kind == "tokens" and suite.budget.steps == 0    # the file's budget is replaced
+    assert suite.sampling.nfe == [3, 5]
+    assert suite.shared[-1] == "model.n_layer=1"
+    with pytest.raises(SuiteError, match="did you mean 'sampling'"):
+        load_suite(write_suite(tmp_path, suite_yaml(data_dir, GOOD_METHODS)), ["samplng.n_samples=2"])
+
+
+def test_token_budget_becomes_steps_of_each_methods_batch(tmp_path, data_dir):
+    methods = GOOD_METHODS.replace("shakespeare_char_ar}", "shakespeare_char_ar, overrides: [train.batch_size=8]}")
+    suite, src = load_suite(write_suite(tmp_path, suite_yaml(data_dir, methods)), ["budget.tokens=1000"])
+    plan = plan_suite(suite, src, out=tmp_path / "out")
+    # 1000 tokens / (4 windows × 32 tokens) → 8 steps; / (8 × 32) → 4 steps (rounded up)
+    assert [m.cfg.train.max_steps for m in plan.methods] == [8, 4]
+    assert all(m.cfg.train.max_minutes == 0 and m.cfg.seed == suite.seed for m in plan.methods)
+
+
+def test_unequal_sizes_are_reported_not_changed(tmp_path, data_dir):
+    methods = GOOD_METHODS.replace("shakespeare_char_ar}", "shakespeare_char_ar, overrides: [model.n_layer=1]}")
+    suite, src = load_suite(write_suite(tmp_path, suite_yaml(data_dir, methods)))
+    plan = plan_suite(suite, src, out=tmp_path / "out")
+    masked, ar = plan.methods
+    assert ar.cfg.model.n_layer == 1 and masked.cfg.model.n_layer == 4       # nothing was adjusted
+    assert masked.params > 1.25 * ar.params
+    assert len(plan.warnings) == 1 and "parameter counts differ" in plan.warnings[0]
+    assert "masked" in plan.warnings[0] and "ar" in plan.warnings[0]
+
+
+def test_shipped_suites_load():
+    assert {"shakespeare_char", "tiny"} <= set(suite_names())
+    default, _ = load_suite("shakespeare_char")
+    assert default.budget.minutes == 8 and default.sampling.nfe == [16, 64, 256]
+    assert default.judges == ["smollm2"] and len(default.methods) == 2
+
+
+# ---- manifest and results ------------------------------------------------------------------------
+
+def test_manifest_round_trips(tmp_path):
+    suite, src = load_suite("tiny")
+    from thunderdlm.config import to_dict
+    manifest = collect_manifest(to_dict(suite), src, suite.seed)
+    assert manifest.torch and manifest.python and manifest.hardware.cpu_count >= 1
+    again = Manifest.from_dict(json.loads(json.dumps(manifest.to_dict())))
+    assert again == manifest
+    results = BenchResults(manifest=manifest, methods=[{"name": "x", "likelihood": {"exact": True}}],
+                           warnings=["w"], reference="x", actions={"x": "cached"})
+    assert load_results(write_results(results, tmp_path)) == results
+    assert load_results(tmp_path) == results                           # the folder works too
+
+
+# ---- the tiny suite end to end -----------------------------------------------------------------------
+
+def checkpoint_files(run: Path) -> dict[str, int]:
+    """Every file under the run's checkpoints with its modification time (ns)."""
+    return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in (run / "checkpoints").rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("bench_out") / "tiny"
+    assert main(["bench", "tiny", "--out", str(out), "--quiet", "--set", f"data.dir={data_dir}"]) == 0
+    return out, load_results(out)      # the first run's results (later tests rewrite results.json)
+
+
+def test_tiny_suite_writes_results_report_and_plots(tiny_run):
+    tiny_run, res = tiny_run
+    for name in ("results.json", "results.md", "bound_vs_time.png", "quality_vs_nfe.png",
+                 "methods/masked_ddit.json", "methods/ar_gpt.json"):
+        assert (tiny_run / name).is_file(), name
+    for png in ("bound_vs_time.png", "quality_vs_nfe.png"):
+        assert (tiny_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [m["name"] for m in res.methods] == ["masked_ddit", "ar_gpt"]
+    assert res.actions == {"masked_ddit": "trained, measured", "ar_gpt": "trained, measured"}
+    assert res.reference == "ar_gpt"
+    masked, ar = res.method("masked_ddit"), res.method("ar_gpt")
+    assert ar["likelihood"]["exact"] and not masked["likelihood"]["exact"]
+    assert ar["ratio_to_ar"] == 1.0
+    assert masked["ratio_to_ar"] == pytest.approx(masked["likelihood"]["nats_per_char"] / ar["likelihood"]["nats_per_char"])
+    for m in (masked, ar):
+        state = read_state(list_checkpoints(Path(m["run_dir"]))[-1])
+        assert m["training"]["steps"] == state["step"] == 10
+        assert m["training"]["tok_s"] == pytest.approx(state["tokens"] / state["train_seconds"])
+        assert m["likelihood"]["stderr_per_char"] > 0 and m["likelihood"]["windows"] == 16
+        assert [s["steps"] for s in m["samples"]] == [4, 16]
+        assert all(s["sampling_tokens_per_s"] > 0 and 0 < s["metrics"]["unigram_entropy"] for s in m["samples"])
+        assert [c["step"] for c in m["curve"]] == [5, 10]              # the trainer's periodic evals
+    assert all(1 <= s["nfe"] <= s["steps"] for s in masked["samples"])   # diffusion: NFE ≤ steps (cache)
+    assert [s["nfe"] for s in ar["samples"]] == [32, 32]                # AR: one per token
+    md = (tiny_run / "results.md").read_text()
+    assert "| masked_ddit | masked | ddit |" in md and "| ar_gpt | autoregressive | gpt |" in md
+    assert "(bound)" in md and "(exact)" in md and "ratio to AR (ar_gpt)" in md
+    assert res.manifest.seed == 1337 and res.manifest.suite["name"] == "tiny"
+
+
+def test_rerun_reuses_runs_and_measurements(tiny_run, data_dir):
+    tiny_run, _ = tiny_run
+    runs = {n: tiny_run / "runs" / n for n in ("masked_ddit", "ar_gpt")}
+    before = {n: checkpoint_files(r) for n, r in runs.items()}
+    saved = {n: (tiny_run / "methods" / f"{n}.json").read_text() for n in runs}
+    args = ["bench", "tiny", "--out", str(tiny_run), "--quiet", "--set", f"data.dir={data_dir}"]
+    assert main(args) == 0
+    assert load_results(tiny_run).actions == {"masked_ddit": "cached", "ar_gpt": "cached"}
+    assert {n: checkpoint_files(r) for n, r in runs.items()} == before          # no training at all
+    assert {n: (tiny_run / "methods" / f"{n}.json").read_text() for n in runs} == saved
+    assert main(args + ["--force", "--only", "ar_gpt"]) == 0                     # measure again, no training
+    res = load_results(tiny_run)
+    assert res.actions == {"ar_gpt": "reused, measured"} and len(res.methods) == 2
+    assert {n: checkpoint_files(r) for n, r in runs.items()} == before
+
+
+def test_changed_config_is_not_reused_silently(tiny_run, data_dir, capsys):
+    tiny_run, _ = tiny_run
+    args = ["bench", "tiny", "--out", str(tiny_run), "--quiet", "--set", f"data.dir={data_dir}"]
+    assert main(args + ["--only", "masked_ddit", "--set", "train.lr=0.005"]) == 2
+    assert "different config (train.lr: 0.002 → 0.005)" in capsys.readouterr().err
+
+
+def test_partial_run_resumes_to_a_larger_budget(tmp_path, data_dir):
+    args = ["bench", "tiny", "--out", str(tmp_path / "o"), "--quiet", "--only", "ar_gpt",
+            "--set", f"data.dir={data_dir}"]
+    assert main(args + ["--set", "budget.steps=5"]) == 0
+    run = tmp_path / "o" / "runs" / "ar_gpt"
+    assert read_state(list_checkpoints(run)[-1])["step"] == 5
+    assert main(args) == 0                                                        # the suite's 10 steps
+    assert load_results(tmp_path / "o").actions == {"ar_gpt": "resumed, measured"}
+    assert read_state(list_checkpoints(run)[-1])["step"] == 10
+    with pytest.raises(SuiteError, match="larger budget"):                       # 10 > 3: not reusable
+        suite, src = load_suite("tiny", [f"data.dir={data_dir}", "budget.steps=3"])
+        from thunderdlm.bench import run_suite
+        run_suite(plan_suite(suite, src, out=tmp_path / "o"), only=["ar_gpt"], log=lambda s: None)

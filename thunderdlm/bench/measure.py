@@ -1,0 +1,90 @@
+"""Measure one trained run the way the benchmark compares methods (DESIGN.md §4).
+
+- training: steps, tokens, training seconds and tokens/s, from the checkpoint's ``state.json``;
+- likelihood: the validation NLL bound (exact for AR) in nats/char ± its standard error;
+- samples, at every step count of the suite: sample metrics (entropies, distinct-n, repetition),
+  the judges' NLL per character and per judge token, sampling tokens/s and the NFE actually made;
+- the validation curve logged during training (bound vs training wall time), for the plots.
+
+Per-character figures divide by the validation split's characters per token, so char- and
+BPE-tokenised methods compare.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from thunderdlm import checkpoint as ck
+from thunderdlm.bench.suite import Suite
+from thunderdlm.runfolder import RunFolder
+
+EXAMPLES_KEPT = 2   # sample texts stored per step count (the rest are only measured)
+
+
+def measure_run(run_dir: Path, suite: Suite, judges: dict[str, Any],
+                log: Callable[[str], None] = print) -> dict:
+    """Every measurement of one run folder, as a JSON-ready dict."""
+    import thunderdlm
+
+    lm = thunderdlm.load(run_dir, device=suite.device)
+    record = {"checkpoint": lm.checkpoint.name, "training": training_record(lm.checkpoint)}
+    t0 = time.perf_counter()
+    like = lm.evaluate(windows=suite.eval.windows, t_samples=suite.eval.t_samples,
+                       batch_size=suite.eval.batch_size, seed=suite.seed)
+    record["likelihood"] = likelihood_record(like, time.perf_counter() - t0)
+    kind = "exact" if like["exact"] else "bound"
+    log(f"  validation {kind}: {like['nats_per_char']:.4f} ± {record['likelihood']['stderr_per_char']:.4f} "
+        f"nats/char ({like['windows']} windows × {like['t_samples']} t-samples)")
+    record["samples"] = []
+    for steps in suite.sampling.nfe:
+        row = measure_samples(lm, steps, suite, judges)
+        record["samples"].append(row)
+        judged = ", ".join(f"{name} {j['nats_per_char']:.3f} nats/char" for name, j in row["judges"].items())
+        log(f"  {steps} steps: nfe {row['nfe']}, {row['sampling_tokens_per_s']:,.0f} tok/s, unigram entropy "
+            f"{row['metrics']['unigram_entropy']:.3f}" + (f", judge {judged}" if judged else ""))
+    record["curve"] = validation_curve(run_dir)
+    return record
+
+
+def training_record(ckpt: Path) -> dict:
+    state = ck.read_state(ckpt)
+    secs = float(state["train_seconds"])
+    return {"steps": int(state["step"]), "tokens": int(state["tokens"]), "train_seconds": secs,
+            "tok_s": state["tokens"] / secs if secs > 0 else float("nan")}
+
+
+def likelihood_record(res: dict, seconds: float) -> dict:
+    """lm.evaluate's result with the standard error also per character."""
+    per_char = res["nats_per_char"] / res["nats_per_token"] if res["nats_per_token"] else 1.0
+    return {"nats_per_char": res["nats_per_char"], "stderr_per_char": res["stderr"] * per_char,
+            "nats_per_token": res["nats_per_token"], "stderr_per_token": res["stderr"],
+            "bits_per_char": res["bits_per_char"], "exact": bool(res["exact"]),
+            "windows": res["windows"], "seq_len": res["seq_len"], "t_samples": res["t_samples"],
+            "seconds": seconds}
+
+
+def measure_samples(lm, steps: int, suite: Suite, judges: dict[str, Any]) -> dict:
+    """Unconditional samples at ``steps`` reverse steps: metrics, judge NLLs, NFE and speed
+    (``thunderdlm.evaluate.evaluate_samples``; only a few sample texts are kept)."""
+    from thunderdlm.evaluate import evaluate_samples
+
+    s = suite.sampling
+    res = evaluate_samples(lm, s.n_samples, steps, s.length, list(judges.values()) or None,
+                           seed=suite.seed, batch_size=s.batch_size)
+    texts = res.pop("texts", [])
+    return {**res, "examples": texts[:EXAMPLES_KEPT]}
+
+
+def validation_curve(run_dir: Path) -> list[dict]:
+    """The periodic evaluations the trainer logged: bound (nats/char) vs training seconds."""
+    curve = []
+    for row in RunFolder(run_dir).metrics():
+        if "val_nelbo" not in row or "val_bpc" not in row:
+            continue
+        nats_char = row["val_bpc"] * math.log(2)
+        per_char = nats_char / row["val_nelbo"] if row["val_nelbo"] else 1.0
+        curve.append({"step": row["step"], "train_seconds": row["train_seconds"],
+                      "nats_per_char": nats_char, "stderr_per_char": row.get("val_se", float("nan")) * per_char})
+    return curve
