@@ -14,8 +14,10 @@ $TDLM train quickstart train.max_minutes="$MINUTES" out_dir="$RUN"
 $TDLM eval "$RUN"
 echo; echo "== a sample crystallising (64 steps, 256 characters) =="
 $TDLM sample "$RUN" --steps 64 --length 256 --live --seed 0
-echo; echo "== two more samples =="
+echo; echo "== two more samples (MDLM ancestral steps) =="
 $TDLM sample "$RUN" --steps 64 --length 256 --n 2 --seed 1
+echo; echo "== LLaDA low-confidence remasking: surest positions first (more real words, more repetition) =="
+$TDLM sample "$RUN" --steps 64 --length 256 --seed 1 --remasking low_confidence
 echo; echo "== infilling =="
 $TDLM sample "$RUN" --steps 32 --infill "HAMLET:
 To be, or [MASK:20] the question:
