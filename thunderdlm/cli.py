@@ -87,6 +87,10 @@ def cmd_eval(args) -> int:
     from thunderdlm.checkpoint import atomic_write_text
 
     lm = thunderdlm.load(args.run, checkpoint=args.checkpoint, device=args.device)
+    if args.bleu > 0 and args.bleu_context + args.bleu_span > lm.context:   # fail before the long evaluation
+        raise ThunderError(f"--bleu-context {args.bleu_context} + --bleu-span {args.bleu_span} = "
+                           f"{args.bleu_context + args.bleu_span} tokens is longer than the model's context "
+                           f"({lm.context} tokens); shorten them")
     if args.judge and args.samples < 1:
         raise ThunderError("--judge scores samples: give --samples N (N ≥ 1) as well")
     if args.samples > 0:            # load the judges first: a bad spec fails before the long evaluation
@@ -100,6 +104,12 @@ def cmd_eval(args) -> int:
 
         res["samples"] = evaluate_samples(lm, args.samples, args.steps, args.length, judges, seed=args.seed,
                                           judge_batch_size=args.judge_batch_size)
+    if args.bleu > 0:
+        from thunderdlm.evaluate import evaluate_spans
+
+        res["spans"] = evaluate_spans(lm, args.bleu, mode=args.bleu_mode, context=args.bleu_context,
+                                      span=args.bleu_span, steps=args.steps, seed=args.seed,
+                                      data_dir=args.data)
     out = Path(args.json) if args.json else Path(args.run) / "eval.json"
     atomic_write_text(out, json.dumps(res, indent=1))
     kind = "exact NLL" if res["exact"] else "NLL bound (NELBO)"
@@ -108,6 +118,12 @@ def cmd_eval(args) -> int:
           f"({res['windows']} windows × {res['seq_len']} tokens, {res['t_samples']} t-samples each) → {out}")
     if "samples" in res:
         print_samples_summary(res["samples"])
+    if "spans" in res:
+        sp = res["spans"]
+        sides = "both sides" if sp["uses_right_context"] else "left text only"
+        print(f"spans ({sp['mode']}, {sides}): BLEU {sp['bleu']['score']:.2f}, exact chars "
+              f"{sp['exact_match_chars']:.3f} over {sp['n']} × {sp['span']} tokens after {sp['context']} known, "
+              f"{sp['steps']} steps ({sp['nfe']} network evaluations)")
     return 0
 
 
@@ -238,6 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--judge", nargs="+", default=None, metavar="SPEC",
                     help="judges of the samples: smollm2 and/or autoregressive run folders")
     ev.add_argument("--judge-batch-size", type=int, default=8)
+    ev.add_argument("--bleu", type=int, default=0, metavar="N",
+                    help="also generate spans in N held-out validation windows and score them (BLEU, "
+                         "exact characters) against the real text into the JSON's \"spans\" (uses --steps)")
+    ev.add_argument("--bleu-mode", choices=["continue", "infill"], default="continue",
+                    help="continue: generate the span after --bleu-context tokens; infill: generate it between "
+                         "context//2 known tokens on the left and the rest on the right")
+    ev.add_argument("--bleu-context", type=int, default=128, metavar="C", help="known tokens per window")
+    ev.add_argument("--bleu-span", type=int, default=64, metavar="S", help="generated tokens per window")
     ev.set_defaults(func=cmd_eval)
 
     cv = sub.add_parser("convert", help="convert a bundled judge model once (smollm2: GGUF → safetensors)")
