@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from thunderdlm.bench.manifest import cpu_model, git_state
 from thunderdlm.run_config import load_config
 from thunderdlm.train import Trainer
 
@@ -159,13 +158,9 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/throughput.json")
     args = ap.parse_args()
     res = measure(args.preset, args.set, args.steps, args.warmup, args.device, args.peak_tflops)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True).stdout.strip()
-    except OSError:     # no git (e.g. a bare GPU machine)
-        commit = ""
-    res.update({"torch": torch.__version__, "machine": platform.processor() or platform.machine(),
-                "cpu_count": os.cpu_count(), "git_commit": commit or None,
+    commit, dirty = git_state(Path(__file__).parent)      # (None, None) without git, e.g. a bare GPU box
+    res.update({"torch": torch.__version__, "machine": cpu_model(),
+                "cpu_count": os.cpu_count(), "git_commit": commit, "git_dirty": dirty,
                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "command": " ".join(["python", *sys.argv])})
     out = Path(args.out)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import thunderdlm
-import thunderdlm.evaluate as ev
+import thunderdlm.api as sampler_host   # the sampler evaluate_spans reaches through lm.sample_tokens
 from thunderdlm.cli import main
 from thunderdlm.data import TokenData, eval_windows
 from thunderdlm.errors import ThunderError
@@ -63,14 +63,14 @@ def val_tokens(data) -> np.ndarray:
 @pytest.mark.parametrize("mode", ["continue", "infill"])
 def test_spans_layout_and_scores(lms, data, monkeypatch, process, mode):
     lm, val, calls = lms[process], val_tokens(data), []
-    real = ev.run_sampler
+    real = sampler_host.run_sampler
 
     def spy(proc, model, x_init, editable, **kw):
         res = real(proc, model, x_init, editable, **kw)
         calls.append((x_init.clone(), editable.clone(), res.tokens.clone()))
         return res
 
-    monkeypatch.setattr(ev, "run_sampler", spy)
+    monkeypatch.setattr(sampler_host, "run_sampler", spy)
     n = 5
     res = evaluate_spans(lm, n, mode=mode, context=CONTEXT, span=SPAN, steps=4, seed=1, batch_size=2)
     json.dumps(res)                                                          # JSON-ready
@@ -123,7 +123,7 @@ def test_oracle_sampler_scores_perfectly(lms, data, monkeypatch, mode):
     def oracle(proc, model, x_init, editable, **kw):
         return SampleResult(torch.where(editable, truth[:, :x_init.shape[1]], x_init), nfe=7, steps=kw["steps"])
 
-    monkeypatch.setattr(ev, "run_sampler", oracle)
+    monkeypatch.setattr(sampler_host, "run_sampler", oracle)
     res = evaluate_spans(lm, n, mode=mode, context=CONTEXT, span=SPAN, steps=3)
     assert res["bleu"]["score"] == pytest.approx(100.0)
     assert res["exact_match_chars"] == 1.0 and res["nfe"] == 7
@@ -131,7 +131,7 @@ def test_oracle_sampler_scores_perfectly(lms, data, monkeypatch, mode):
     def off_by_one(proc, model, x_init, editable, **kw):     # a wrong answer must not score perfectly
         return SampleResult(torch.where(editable, truth.roll(-1, dims=1)[:, :x_init.shape[1]], x_init), nfe=7, steps=3)
 
-    monkeypatch.setattr(ev, "run_sampler", off_by_one)
+    monkeypatch.setattr(sampler_host, "run_sampler", off_by_one)
     res = evaluate_spans(lm, n, mode=mode, context=CONTEXT, span=SPAN, steps=3)
     assert res["bleu"]["score"] < 100.0 and res["exact_match_chars"] < 1.0
 

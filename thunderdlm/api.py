@@ -45,18 +45,28 @@ class DiffusionLM:
                block_length: int | None = None,
                callback: Callable[[StepInfo], None] | None = None) -> tuple[list[str], SampleResult]:
         """Generate ``n`` texts; returns them with the raw result (tokens, NFE)."""
+        req = build_request(self.tokenizer, self.context, length=length, prompt=prompt, infill=infill, n=n)
+        res = self.sample_tokens(req.x_init, req.editable, steps=steps, seed=seed, temperature=temperature,
+                                 top_k=top_k, top_p=top_p, remasking=remasking, block_length=block_length,
+                                 callback=callback)
+        return [self.tokenizer.decode(row.tolist()) for row in res.tokens.cpu()], res
+
+    def sample_tokens(self, x_init: torch.Tensor, editable: torch.Tensor, *, steps: int = 64,
+                      seed: int | None = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                      remasking: str = "ancestral", block_length: int | None = None,
+                      callback: Callable[[StepInfo], None] | None = None) -> SampleResult:
+        """Run the sampler on token ids: x_init (B, L) with ``editable`` (B, L) marking what to generate
+        (every other position is kept). The options are checked here, once for every caller."""
         if remasking not in REMASKING:
             raise SamplingError(f"--remasking must be one of {list(REMASKING)}, got {remasking!r}")
         if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
             raise SamplingError("need temperature ≥ 0, 0 < top_p ≤ 1 and top_k ≥ 0")
-        req = build_request(self.tokenizer, self.context, length=length, prompt=prompt, infill=infill, n=n)
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed if seed is not None else torch.seed() % 2**63)
         opts = SampleOptions(temperature, top_k, top_p, remasking)
-        res = run_sampler(self.process, self.model, req.x_init.to(self.device), req.editable.to(self.device),
-                          steps=steps, block_length=block_length, options=opts, generator=gen,
-                          callback=callback)
-        return [self.tokenizer.decode(row.tolist()) for row in res.tokens.cpu()], res
+        return run_sampler(self.process, self.model, x_init.to(self.device), editable.to(self.device),
+                           steps=steps, block_length=block_length, options=opts, generator=gen,
+                           callback=callback)
 
     def generate(self, prompt: str | None = None, **kwargs) -> list[str]:
         """Texts only; see :meth:`sample` for the arguments."""

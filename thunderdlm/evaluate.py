@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from thunderdlm.processes.base import Process
-from thunderdlm.sampling.loop import run_sampler
 
 
 @torch.no_grad()
@@ -179,10 +178,8 @@ def evaluate_spans(lm, n: int, *, mode: str = "continue", context: int = 128, sp
     ``nfe`` (network evaluations per batch, max), ``bleu``, ``exact_match_chars``, ``offsets``
     (token index in the validation split where each window starts) and a few ``examples``.
     """
-    from thunderdlm.api import REMASKING
     from thunderdlm.data import TokenData
     from thunderdlm.errors import SamplingError, ThunderError
-    from thunderdlm.processes import SampleOptions
     from thunderdlm.runfolder import RunFolder
     from thunderdlm.sample_metrics import bleu
 
@@ -194,15 +191,10 @@ def evaluate_spans(lm, n: int, *, mode: str = "continue", context: int = 128, sp
     if context + span > lm.context:
         raise ThunderError(f"--bleu-context {context} + --bleu-span {span} = {context + span} tokens is longer "
                            f"than the model's context ({lm.context} tokens); shorten them")
-    opts = SampleOptions(temperature=sample_kwargs.pop("temperature", 1.0), top_k=sample_kwargs.pop("top_k", 0),
-                         top_p=sample_kwargs.pop("top_p", 1.0), remasking=sample_kwargs.pop("remasking", "ancestral"))
-    block_length = sample_kwargs.pop("block_length", None)
-    if sample_kwargs:
-        raise SamplingError(f"evaluate_spans got unknown sampling options: {sorted(sample_kwargs)}")
-    if opts.remasking not in REMASKING:
-        raise SamplingError(f"--remasking must be one of {list(REMASKING)}, got {opts.remasking!r}")
-    if opts.temperature < 0 or not 0 < opts.top_p <= 1 or opts.top_k < 0:
-        raise SamplingError("need temperature ≥ 0, 0 < top_p ≤ 1 and top_k ≥ 0")
+    options = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "remasking": "ancestral", "block_length": None}
+    if set(sample_kwargs) - set(options):
+        raise SamplingError(f"evaluate_spans got unknown sampling options: {sorted(set(sample_kwargs) - set(options))}")
+    options.update(sample_kwargs)
 
     data = TokenData(data_dir or lm.cfg.data.dir)
     RunFolder(lm.run_dir).check_tokenizer(data)
@@ -218,11 +210,8 @@ def evaluate_spans(lm, n: int, *, mode: str = "continue", context: int = 128, sp
 
     generated, nfes = [], []
     for b, first in enumerate(range(0, n, batch_size)):
-        x_init = x_all[first:first + batch_size].to(lm.device)
-        edit = editable.expand_as(x_init).to(lm.device)
-        gen = torch.Generator(device=lm.device).manual_seed(seed + b)
-        res = run_sampler(lm.process, lm.model, x_init, edit, steps=steps, block_length=block_length,
-                          options=opts, generator=gen)
+        x_init = x_all[first:first + batch_size]
+        res = lm.sample_tokens(x_init, editable.expand_as(x_init), steps=steps, seed=seed + b, **options)
         out = res.tokens.cpu()
         if not torch.equal(out[:, ~editable], x_all[first:first + batch_size][:, ~editable]):
             raise SamplingError(f"process '{lm.cfg.process.name}' changed known tokens while sampling spans")
@@ -242,8 +231,7 @@ def evaluate_spans(lm, n: int, *, mode: str = "continue", context: int = 128, sp
         examples.append(ex)
     return {
         "mode": mode, "n": n, "context": context, "span": span, "steps": steps, "seed": seed,
-        "options": {"temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p,
-                    "remasking": opts.remasking, "block_length": block_length},
+        "options": options,
         "uses_right_context": mode == "infill" and two_sided,
         "span_start": lo, "nfe": max(nfes), "bleu": bleu(hyps, refs),
         "exact_match_chars": exact_match_chars(hyps, refs), "offsets": starts, "examples": examples,

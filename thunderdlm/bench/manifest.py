@@ -101,7 +101,7 @@ def cpu_model() -> str:
             if out.returncode == 0 and out.stdout.strip():
                 return out.stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
-            pass
+            pass                      # no usable sysctl: fall back to what platform knows
     return platform.processor() or platform.machine()
 
 
