@@ -15,7 +15,6 @@ from thunderdlm import checkpoint as ck
 from thunderdlm.data import TokenData, eval_windows
 from thunderdlm.errors import CheckpointError, SamplingError
 from thunderdlm.evaluate import likelihood_bound
-from thunderdlm.models import build_model
 from thunderdlm.processes import SampleOptions, build_process
 from thunderdlm.run_config import RunConfig, read_run_config
 from thunderdlm.runfolder import RunFolder
@@ -121,7 +120,7 @@ def load(run: str | Path, checkpoint: str | None = None, device: str = "auto", e
     tokenizer = folder.tokenizer()
     dev = resolve_device(device)
     process = build_process(cfg.process, tokenizer.vocab_size)
-    model = build_model(cfg.model, process.model_vocab_size, cfg.data.seq_len)
+    model = process.build_network(cfg.model, cfg.data.seq_len)
     ckpt = (run_dir / ck.CKPT_DIR / checkpoint) if checkpoint else ck.latest_checkpoint(run_dir)
     weights = "ema.safetensors" if ema and (ckpt / "ema.safetensors").exists() else "model.safetensors"
     state = ck.load_tensors(ckpt / weights)

@@ -27,7 +27,6 @@ from thunderdlm.data import RandomWindows, TokenData, eval_windows
 from thunderdlm.display import TrainDisplay
 from thunderdlm.errors import CheckpointError, TrainingError
 from thunderdlm.evaluate import likelihood_bound
-from thunderdlm.models import build_model
 from thunderdlm.processes import build_process
 from thunderdlm.run_config import RunConfig, read_run_config
 from thunderdlm.runfolder import RunFolder
@@ -133,7 +132,7 @@ class Trainer:
         self.data = TokenData(cfg.data.dir)
         self.folder = RunFolder(Path(run_dir))
         self.process = build_process(cfg.process, self.data.vocab_size)
-        self.raw_model = build_model(cfg.model, self.process.model_vocab_size, cfg.data.seq_len).to(self.device)
+        self.raw_model = self.process.build_network(cfg.model, cfg.data.seq_len).to(self.device)
         self.optimizer = make_optimizer(self.raw_model, self.tc)
         self.ema = EMA(self.raw_model, self.tc.ema_decay) if self.tc.ema_decay > 0 else None
         self.windows = RandomWindows(self.data.split("train"), cfg.data.seq_len, self.tc.batch_size,
@@ -243,7 +242,7 @@ class Trainer:
         """The weights used for evaluation: the EMA when enabled."""
         if self.ema is None:
             return self.raw_model
-        model = build_model(self.cfg.model, self.process.model_vocab_size, self.cfg.data.seq_len)
+        model = self.process.build_network(self.cfg.model, self.cfg.data.seq_len)
         model.load_state_dict(self.ema.state_dict(self.raw_model))
         return model.to(self.device)
 

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from thunderdlm.processes import PROCESSES, ProcessConfig, SampleOptions, build_process
+from thunderdlm.models import ModelConfig
+from thunderdlm.processes import PROCESSES, Process, ProcessConfig, SampleOptions, build_process
 from thunderdlm.config import from_dict
 from thunderdlm.sampling.loop import block_ranges, run_sampler, split_steps, transfer_schedule
 from thunderdlm.errors import SamplingError
@@ -13,6 +14,20 @@ REMASKING = ["ancestral", "low_confidence", "random"]
 
 def process(name):
     return build_process(from_dict(ProcessConfig, {"name": name}), V)
+
+
+def network(proc, random_model):
+    """A RandomModel for processes that read token ids; a tiny real (randomly initialised) network
+    from ``build_network`` for processes whose network is their own (continuous latents)."""
+    if type(proc).build_network is Process.build_network:
+        return random_model(proc.model_vocab_size)
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="ddit", n_layer=1, n_head=2, n_embd=16, cond_dim=8, time_conditioning=True)
+    net = proc.build_network(cfg, L).eval()
+    with torch.no_grad():                  # DDiT's zero-initialised output would make every draw alike
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return net
 
 
 def request(n=3):
@@ -29,7 +44,7 @@ def request(n=3):
 def test_known_tokens_kept_and_every_editable_position_filled(name, remasking, block_length, random_model):
     proc = process(name)
     x, editable = request()
-    model = random_model(proc.model_vocab_size)
+    model = network(proc, random_model)
     seen = []
     res = run_sampler(proc, model, x, editable, steps=16, block_length=block_length,
                       options=SampleOptions(remasking=remasking),
@@ -48,7 +63,7 @@ def test_known_tokens_kept_and_every_editable_position_filled(name, remasking, b
 def test_same_seed_same_sample(name, remasking, random_model):
     proc = process(name)
     x, editable = request()
-    model = random_model(proc.model_vocab_size)
+    model = network(proc, random_model)
     runs = [run_sampler(proc, model, x, editable, steps=12, options=SampleOptions(remasking=remasking),
                         generator=torch.Generator().manual_seed(s)).tokens for s in (3, 3, 4)]
     assert torch.equal(runs[0], runs[1])

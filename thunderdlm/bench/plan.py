@@ -118,7 +118,6 @@ def budget_overrides(suite: Suite, cfg: RunConfig | None) -> list[str]:
 def count_params(cfg: RunConfig, where: str) -> tuple[int, int, bool]:
     """(parameters, non-embedding parameters, exact likelihood) of a freshly built model."""
     from thunderdlm.data import TokenData
-    from thunderdlm.models import build_model
     from thunderdlm.processes import build_process
 
     try:
@@ -126,7 +125,7 @@ def count_params(cfg: RunConfig, where: str) -> tuple[int, int, bool]:
     except ThunderError as e:
         raise SuiteError(f"{where}: {e} (or point the suite at prepared data: --set data.dir=PATH)") from None
     process = build_process(cfg.process, data.vocab_size)
-    model = build_model(cfg.model, process.model_vocab_size, cfg.data.seq_len)
+    model = process.build_network(cfg.model, cfg.data.seq_len)
     return model.num_params(), model.num_params(non_embedding=True), process.exact_likelihood
 
 

@@ -15,12 +15,14 @@ from thunderdlm.models.gpt import GPT
 MODELS: dict[str, type[Backbone]] = {"ddit": DDiT, "gpt": GPT}
 
 
-def build_model(cfg: ModelConfig, vocab_size: int, max_seq_len: int) -> Backbone:
-    """Instantiate the backbone named by ``cfg.name`` with output width ``vocab_size``."""
+def build_model(cfg: ModelConfig, vocab_size: int, max_seq_len: int,
+                out_dim: int | None = None) -> Backbone:
+    """Instantiate the backbone named by ``cfg.name``: a ``vocab_size`` token table, output width
+    ``out_dim`` (default ``vocab_size``: logits)."""
     if cfg.name not in MODELS:
         raise ConfigError(f"config field 'model.name': unknown backbone {cfg.name!r}"
                           f"{closest_name(str(cfg.name), list(MODELS))}")
-    return MODELS[cfg.name](cfg, vocab_size=vocab_size, max_seq_len=max_seq_len)
+    return MODELS[cfg.name](cfg, vocab_size=vocab_size, max_seq_len=max_seq_len, out_dim=out_dim)
 
 
 __all__ = ["MODELS", "Backbone", "DDiT", "GPT", "ModelConfig", "build_model"]

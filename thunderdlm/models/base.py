@@ -14,6 +14,20 @@ A backbone is a pure ``nn.Module`` from token ids and a noise level to logits::
 - The output is float32 even under autocast. Process-specific output transforms (SEDD's
   ``scale_by_sigma``, MDLM's SUBS, zeroing the current token) live in the processes.
 
+Continuous inputs and features (embedding diffusion, diffusion forcing, adapters)::
+
+    h = model(None, sigma, inputs_embeds=e)              # e (B, L, D) replaces the token lookup E[x]
+    f = model(x, sigma, return_hidden=True)              # (B, L, D) features before the output layer
+
+- ``inputs_embeds`` takes the place of the token table row of each position; everything the
+  backbone adds to it (learned / sinusoidal positions, the time embedding) is added as usual.
+- ``return_hidden`` returns the final normalised (DDiT: normalised and adaLN-modulated) features
+  that the output projection would read; a process can put its own head on them.
+- ``token_embedding`` is the (V, D) input table, ``n_embd`` its width ``D``.
+- ``out_dim`` (constructor, default ``vocab_size``) sets the output width: a process that regresses
+  a continuous target builds the backbone with ``out_dim`` = that target's width, so no parameter is
+  left unused (DDP requires every parameter to get a gradient).
+
 Incremental causal decoding (backbones with ``supports_kv_cache``)::
 
     cache = model.new_kv_cache()                             # KVCache, empty
@@ -52,8 +66,11 @@ class Backbone(nn.Module, metaclass=ABCMeta):
     #: True when ``forward`` accepts ``kv_cache=`` (incremental causal decoding).
     supports_kv_cache: ClassVar[bool] = False
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, max_seq_len: int) -> None:
+    def __init__(self, cfg: ModelConfig, vocab_size: int, max_seq_len: int,
+                 out_dim: int | None = None) -> None:
         super().__init__()
+        if out_dim is not None and out_dim < 1:
+            raise ValueError(f"out_dim must be >= 1, got {out_dim}")
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
         if max_seq_len < 1:
@@ -61,15 +78,29 @@ class Backbone(nn.Module, metaclass=ABCMeta):
         self.cfg = cfg
         self.vocab_size = vocab_size
         self.max_seq_len = max_seq_len
+        self.out_dim = vocab_size if out_dim is None else out_dim
 
     @abstractmethod
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, *,
-                causal: bool | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """x: (B, L) token ids, sigma: (B,) | (B, L) | None -> (B, L, vocab_size) float32.
+    def forward(self, x: torch.Tensor | None, sigma: torch.Tensor | None = None, *,
+                causal: bool | None = None, kv_cache: KVCache | None = None,
+                inputs_embeds: torch.Tensor | None = None,
+                return_hidden: bool = False) -> torch.Tensor:
+        """x: (B, L) token ids, sigma: (B,) | (B, L) | None -> (B, L, out_dim) float32.
 
         With ``kv_cache`` (only where ``supports_kv_cache``) ``x`` holds the tokens after the
-        cached ones; see the module docstring.
+        cached ones; ``inputs_embeds`` (B, L, D) replaces the token lookup (x is then None);
+        ``return_hidden`` gives the (B, L, D) features before the output layer. See the module
+        docstring.
         """
+
+    @property
+    @abstractmethod
+    def token_embedding(self) -> torch.Tensor:
+        """The (V, D) input token table."""
+
+    @property
+    def n_embd(self) -> int:
+        return self.cfg.n_embd
 
     def new_kv_cache(self, max_len: int | None = None) -> KVCache:
         """An empty cache for this backbone, room for ``max_len`` (default max_seq_len) positions."""
@@ -100,6 +131,26 @@ class Backbone(nn.Module, metaclass=ABCMeta):
     def _resolve_causal(self, causal: bool | None) -> bool:
         """``causal`` or, when None, the config default."""
         return self.cfg.causal if causal is None else bool(causal)
+
+    def _input_embeddings(self, x: torch.Tensor | None, inputs_embeds: torch.Tensor | None,
+                          table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checks ``x`` xor ``inputs_embeds``; returns (token-shaped (B, L) stand-in, h0 (B, L, D))."""
+        if inputs_embeds is None:
+            if x is None:
+                raise ValueError(f"{type(self).__name__}: give token ids x or inputs_embeds")
+            self._check_tokens(x)
+            return x, torch.nn.functional.embedding(x, table)
+        if x is not None:
+            raise ValueError(f"{type(self).__name__}: give either token ids x or inputs_embeds, not both")
+        e = inputs_embeds
+        if e.dim() != 3 or e.shape[-1] != table.shape[1] or not e.is_floating_point():
+            raise ValueError(f"inputs_embeds must be (B, L, {table.shape[1]}) floats, got "
+                             f"{e.dtype} {tuple(e.shape)}")
+        if not 1 <= e.shape[1] <= self.max_seq_len:
+            raise ValueError(f"sequence length {e.shape[1]} is outside 1..max_seq_len="
+                             f"{self.max_seq_len} of this {type(self).__name__}")
+        stand_in = torch.zeros(e.shape[:2], dtype=torch.long, device=e.device)
+        return stand_in, e.to(table.dtype)
 
     def _check_tokens(self, x: torch.Tensor) -> None:
         """x must be (B, L) integer ids with 1 <= L <= max_seq_len."""

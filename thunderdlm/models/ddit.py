@@ -84,10 +84,14 @@ class DDiTFinalLayer(nn.Module):
         self.adaLN_modulation = zero_linear(cfg.cond_dim, 2 * cfg.n_embd)
         self.linear = zero_linear(cfg.n_embd, vocab_size)
 
+    def features(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """h: (B, L, D), c: (B, C) or (B, L, C) -> the modulated, normalised (B, L, D)."""
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)            # 2 x (B, [L,] D)
+        return modulate(self.norm_final(h), shift, scale)
+
     def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """h: (B, L, D), c: (B, C) or (B, L, C) -> (B, L, V)."""
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)            # 2 x (B, [L,] D)
-        return self.linear(modulate(self.norm_final(h), shift, scale))
+        return self.linear(self.features(h, c))
 
 
 class DDiT(Backbone):
@@ -95,8 +99,9 @@ class DDiT(Backbone):
 
     supports_kv_cache = True
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, max_seq_len: int) -> None:
-        super().__init__(cfg, vocab_size, max_seq_len)
+    def __init__(self, cfg: ModelConfig, vocab_size: int, max_seq_len: int,
+                 out_dim: int | None = None) -> None:
+        super().__init__(cfg, vocab_size, max_seq_len, out_dim)
         if cfg.pos_emb != "rotary":
             raise ConfigError(f"config field 'model.pos_emb': DDiT supports rotary positions "
                               f"only, got {cfg.pos_emb!r}")
@@ -105,16 +110,19 @@ class DDiT(Backbone):
         self.sigma_map = TimestepEmbedder(cfg.cond_dim)
         self.rotary = Rotary(cfg.head_dim)              # one cos/sin cache shared by all blocks
         self.blocks = nn.ModuleList(DDiTBlock(cfg, self.rotary) for _ in range(cfg.n_layer))
-        self.output_layer = DDiTFinalLayer(cfg, vocab_size)
+        self.output_layer = DDiTFinalLayer(cfg, self.out_dim)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, *,
-                causal: bool | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """x: (B, L) ids, sigma: (B,) | (B, L) | None -> (B, L, V) float32 logits.
+    def forward(self, x: torch.Tensor | None, sigma: torch.Tensor | None = None, *,
+                causal: bool | None = None, kv_cache: KVCache | None = None,
+                inputs_embeds: torch.Tensor | None = None,
+                return_hidden: bool = False) -> torch.Tensor:
+        """x: (B, L) ids, sigma: (B,) | (B, L) | None -> (B, L, out_dim) float32 logits.
 
         With ``kv_cache``: x (B, n) are the tokens after the cached ones, sigma (B,) or (B, n)
-        -> (B, n, V).
+        -> (B, n, out_dim). ``inputs_embeds`` (B, L, D) replaces E[x]; ``return_hidden`` returns
+        the (B, L, D) features the output projection reads.
         """
-        self._check_tokens(x)
+        x, h = self._input_embeddings(x, inputs_embeds, self.vocab_embed)   # (B, L), (B, L, D)
         causal = self._resolve_causal(causal)
         if kv_cache is not None:
             self._check_kv_cache(x, causal, kv_cache)
@@ -122,12 +130,17 @@ class DDiT(Backbone):
         if not self.cfg.time_conditioning:
             sigma = torch.zeros_like(sigma)      # time-agnostic (MDLM): the model sees σ = 0
         c = F.silu(self.sigma_map(sigma))                                    # (B, [L,] C)
-        h = F.embedding(x, self.vocab_embed)                                 # (B, L, D)
         for i, block in enumerate(self.blocks):
             h = block(h, c, causal, kv_cache.layer(i) if kv_cache is not None else None)
         if kv_cache is not None:
             kv_cache.advance(x.shape[1])
-        return self.output_layer(h, c).float()                               # (B, L, V)
+        if return_hidden:
+            return self.output_layer.features(h, c).float()                  # (B, L, D)
+        return self.output_layer(h, c).float()                               # (B, L, out_dim)
+
+    @property
+    def token_embedding(self) -> torch.Tensor:
+        return self.vocab_embed
 
     def _embedding_parameters(self) -> list[nn.Parameter]:
         return [self.vocab_embed]

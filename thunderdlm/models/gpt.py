@@ -60,8 +60,9 @@ class GPT(Backbone):
 
     supports_kv_cache = True
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, max_seq_len: int) -> None:
-        super().__init__(cfg, vocab_size, max_seq_len)
+    def __init__(self, cfg: ModelConfig, vocab_size: int, max_seq_len: int,
+                 out_dim: int | None = None) -> None:
+        super().__init__(cfg, vocab_size, max_seq_len, out_dim)
         d = cfg.n_embd
         self.wte = nn.Embedding(vocab_size, d)                               # (V, D)
         self.wpe = nn.Embedding(max_seq_len, d) if cfg.pos_emb == "learned" else None
@@ -79,9 +80,9 @@ class GPT(Backbone):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(GPTBlock(cfg, self.rotary) for _ in range(cfg.n_layer))
         self.ln_f = LayerNorm(d, bias=cfg.bias)
-        self.lm_head = nn.Linear(d, vocab_size, bias=False)
+        self.lm_head = nn.Linear(d, self.out_dim, bias=False)
         self._init_weights()
-        if cfg.tie_embeddings:
+        if cfg.tie_embeddings and self.out_dim == vocab_size:
             self.lm_head.weight = self.wte.weight    # one (V, D) tensor for input and output
 
     def _init_weights(self) -> None:
@@ -97,15 +98,14 @@ class GPT(Backbone):
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=residual_std)
 
-    def _embed(self, x: torch.Tensor, sigma: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """Token + position (+ time) embedding: x (B, L), sigma (B,) | (B, L) -> (B, L, D).
+    def _embed(self, h: torch.Tensor, sigma: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """+ position (+ time) embedding: h = wte[x] (B, L, D), sigma (B,) | (B, L) -> (B, L, D).
 
-        ``x`` sits at absolute positions ``offset..offset+L-1`` (``offset > 0`` with a KV cache).
+        The positions are ``offset..offset+L-1`` (``offset > 0`` with a KV cache).
         """
-        L = x.shape[1]
-        h = self.wte(x)                                                      # (B, L, D)
+        L = h.shape[1]
         if self.wpe is not None:
-            h = h + self.wpe(torch.arange(offset, offset + L, device=x.device))  # + (L, D)
+            h = h + self.wpe(torch.arange(offset, offset + L, device=h.device))  # + (L, D)
         if self.pos_table is not None:
             h = h + self.pos_table[offset:offset + L].to(h.dtype)            # + (L, D)
         if self.time_embed is not None and self.time_proj is not None:
@@ -113,31 +113,35 @@ class GPT(Backbone):
             h = h + per_token(t)
         return self.drop(h)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, *,
-                causal: bool | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """x: (B, L) ids, sigma: (B,) | (B, L) | None -> (B, L, V) float32 logits.
+    def forward(self, x: torch.Tensor | None, sigma: torch.Tensor | None = None, *,
+                causal: bool | None = None, kv_cache: KVCache | None = None,
+                inputs_embeds: torch.Tensor | None = None,
+                return_hidden: bool = False) -> torch.Tensor:
+        """x: (B, L) ids, sigma: (B,) | (B, L) | None -> (B, L, out_dim) float32 logits.
 
-        With ``kv_cache``: x (B, n) are the tokens after the cached ones -> (B, n, V).
+        With ``kv_cache``: x (B, n) are the tokens after the cached ones -> (B, n, out_dim).
+        ``inputs_embeds`` (B, L, D) replaces wte[x]; ``return_hidden`` returns ln_f(h) (B, L, D).
         """
-        self._check_tokens(x)
+        x, h = self._input_embeddings(x, inputs_embeds, self.wte.weight)    # (B, L), (B, L, D)
         causal = self._resolve_causal(causal)
         sigma = self._prepare_sigma(x, sigma)                                # (B,) or (B, L)
+        offset = 0
         if kv_cache is not None:
-            return self._forward_cached(x, sigma, kv_cache, causal)
-        h = self._embed(x, sigma)                                            # (B, L, D)
-        for block in self.blocks:
-            h = block(h, causal)
-        return self.lm_head(self.ln_f(h)).float()                            # (B, L, V)
-
-    def _forward_cached(self, x: torch.Tensor, sigma: torch.Tensor, kv_cache: KVCache,
-                        causal: bool) -> torch.Tensor:
-        """The forward over n new tokens at positions cache.length.. -> (B, n, V)."""
-        self._check_kv_cache(x, causal, kv_cache)
-        h = self._embed(x, sigma, offset=kv_cache.length)                    # (B, n, D)
+            self._check_kv_cache(x, causal, kv_cache)
+            offset = kv_cache.length
+        h = self._embed(h, sigma, offset)                                    # (B, L, D)
         for i, block in enumerate(self.blocks):
-            h = block(h, True, kv_cache.layer(i))
-        kv_cache.advance(x.shape[1])
-        return self.lm_head(self.ln_f(h)).float()                            # (B, n, V)
+            h = block(h, causal, kv_cache.layer(i) if kv_cache is not None else None)
+        if kv_cache is not None:
+            kv_cache.advance(x.shape[1])
+        h = self.ln_f(h)
+        if return_hidden:
+            return h.float()                                                 # (B, L, D)
+        return self.lm_head(h).float()                                       # (B, L, out_dim)
+
+    @property
+    def token_embedding(self) -> torch.Tensor:
+        return self.wte.weight
 
     def _embedding_parameters(self) -> list[nn.Parameter]:
         tables = [self.wte.weight]

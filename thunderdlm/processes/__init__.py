@@ -4,11 +4,13 @@ from __future__ import annotations
 from thunderdlm.processes.autoregressive import AutoregressiveConfig, AutoregressiveProcess
 from thunderdlm.processes.base import LossOutput, Process, SampleOptions, StepContext, StepOutput
 from thunderdlm.processes.config import ProcessConfig
+from thunderdlm.processes.embedding import EmbeddingConfig, EmbeddingProcess
 from thunderdlm.processes.masked import MaskedConfig, MaskedProcess
 
 PROCESSES: dict[str, type[Process]] = {
     MaskedProcess.name: MaskedProcess,
     AutoregressiveProcess.name: AutoregressiveProcess,
+    EmbeddingProcess.name: EmbeddingProcess,
 }
 
 
@@ -18,4 +20,4 @@ def build_process(cfg: ProcessConfig, vocab_size: int) -> Process:
 
 __all__ = ["PROCESSES", "build_process", "Process", "ProcessConfig", "LossOutput", "SampleOptions",
            "StepContext", "StepOutput", "MaskedConfig", "MaskedProcess", "AutoregressiveConfig",
-           "AutoregressiveProcess"]
+           "AutoregressiveProcess", "EmbeddingConfig", "EmbeddingProcess"]

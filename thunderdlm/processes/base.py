@@ -57,6 +57,7 @@ class StepContext:
     n_commit: torch.Tensor | None = None    # (B,) long
     cache: dict[str, Any] = field(default_factory=dict)  # scratch space kept across steps of one run
     nfe: int = 0                            # number of network evaluations so far (the step adds its own)
+    pending: torch.Tensor | None = None     # (B, L) bool: generated positions of later blocks (still noise)
 
 
 @dataclass
@@ -86,6 +87,19 @@ class Process(ABC):
     def noise_token_id(self) -> int | None:
         """Id shown as 'not yet decided' by live displays (the mask id), if the process has one."""
         return None
+
+    # ---- the network ---------------------------------------------------------------------------
+    def build_network(self, model_cfg: Any, max_seq_len: int) -> nn.Module:
+        """The trainable network this process trains and samples with.
+
+        By default the backbone named by ``model_cfg`` with output width ``model_vocab_size``.
+        A process whose network needs more than a backbone (embedding diffusion's bridge and
+        latent head, diffusion forcing's embedding head) returns a module that owns the backbone
+        and its extra parameters; trainer, checkpoints and the API only ever see this module.
+        """
+        from thunderdlm.models import build_model  # late import: models do not know processes
+
+        return build_model(model_cfg, self.model_vocab_size, max_seq_len)
 
     # ---- training and likelihood ----------------------------------------------------------------
     @abstractmethod

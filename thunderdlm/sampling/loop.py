@@ -86,6 +86,7 @@ def run_sampler(process: Process, model: nn.Module, x_init: torch.Tensor, editab
     positions = torch.arange(x.shape[1], device=x.device)
     for b, ((lo, hi), spb) in enumerate(zip(blocks, per_block)):
         ctx.editable = editable & ((positions >= lo) & (positions < hi))[None, :]
+        ctx.pending = editable & (positions >= hi)[None, :]
         ctx.cache.clear()
         schedule = None
         if options.remasking != "ancestral":
@@ -99,6 +100,6 @@ def run_sampler(process: Process, model: nn.Module, x_init: torch.Tensor, editab
             done += 1
             if callback is not None:
                 callback(StepInfo(done, total, b, x, torch.where(ctx.editable, out.x0_hat, x)))
-    ctx.editable = editable
+    ctx.editable, ctx.pending = editable, None
     x = torch.where(editable, process.finalize(model, x, ctx), x)
     return SampleResult(x, ctx.nfe, total)
