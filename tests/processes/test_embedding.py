@@ -271,3 +271,16 @@ def test_clamping_snaps_x0_hat_to_vocabulary_latents():
     out = proc.step(net, torch.zeros(2, L, dtype=torch.long), ctx)
     e = net.latents()
     assert torch.equal(ctx.cache["x_sc"], e[out.x0_hat])                # x̂0 is an exact latent row
+
+
+def test_zero_temperature_with_the_softmax_head_is_clamping():
+    proc, net = make(head="softmax")
+    perturb(net, 0.3)
+    ctx = StepContext(t=0.7, s=0.5, editable=torch.ones(2, L, dtype=torch.bool),
+                      options=SampleOptions(temperature=0.0), generator=torch.Generator().manual_seed(0))
+    out = proc.step(net, torch.zeros(2, L, dtype=torch.long), ctx)
+    assert torch.equal(ctx.cache["x_sc"], net.latents()[out.x0_hat])
+    ctx1 = StepContext(t=0.7, s=0.5, editable=torch.ones(2, L, dtype=torch.bool),
+                       options=SampleOptions(), generator=torch.Generator().manual_seed(0))
+    proc.step(net, torch.zeros(2, L, dtype=torch.long), ctx1)
+    assert not torch.allclose(ctx1.cache["x_sc"], ctx.cache["x_sc"])     # T = 1 averages

@@ -160,6 +160,9 @@ def plot_bound_vs_time(results: BenchResults, path: Path) -> None:
                     label=None if line else f"{r['name']} ({kind})")
     ax.set_xlabel(f"training wall time ({unit})")
     ax.set_ylabel("validation nats / character")
+    finals = [r["likelihood"]["nats_per_char"] for r in results.methods]
+    if finals and min(finals) > 0 and max(finals) / min(finals) > 10:
+        ax.set_yscale("log")          # one method far off (e.g. a recipe that does not converge)
     ax.set_title("Validation NLL vs training time (★ = final evaluation ± se)")
     ax.grid(alpha=0.3)
     if results.methods:

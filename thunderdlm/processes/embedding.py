@@ -357,6 +357,13 @@ class EmbeddingProcess(Process):
         x_sc = ctx.cache.get("x_sc") if cfg.self_conditioning else None
         _, x0_hat, logits = self.predict(net, z, t, x_sc)
         ctx.nfe += 1
+        temp = ctx.options.temperature
+        if cfg.head == "softmax" and temp != 1.0:
+            # a sharper (T < 1) posterior over tokens gives a less averaged x̂0 (Plaid's score
+            # temperature plays the same role); T = 0 is the one-hot argmax, i.e. clamping
+            probs = F.one_hot(logits.argmax(-1), e.shape[0]).float() if temp == 0 else \
+                torch.softmax(logits / temp, dim=-1)
+            x0_hat = probs @ e
         tokens = self.round(net, x0_hat, logits)
         if ctx.t <= cfg.clamp_below:                                            # Diffusion-LM clamping
             x0_hat = F.embedding(tokens, e)
