@@ -121,7 +121,12 @@ def test_shipped_suites_load():
     assert {"shakespeare_char", "tiny"} <= set(suite_names())
     default, _ = load_suite("shakespeare_char")
     assert default.budget.minutes == 8 and default.sampling.nfe == [16, 64, 256]
-    assert default.judges == ["smollm2"] and len(default.methods) == 2
+    assert default.judges == ["smollm2"]
+    names = {m.name for m in default.methods}
+    assert {"masked_ddit", "ar_gpt", "embedding_ddit", "note000_ddit"} <= names
+    from thunderdlm.config import load_yaml
+    for m in default.methods:              # every method's preset exists and parses
+        assert load_yaml(m.preset)["process"]["name"]
 
 
 # ---- manifest and results ------------------------------------------------------------------------
