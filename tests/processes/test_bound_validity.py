@@ -1,4 +1,4 @@
-"""The masked NELBO is a valid bound: on a source of exactly known entropy, a trained model's bound
+"""Every process's NELBO is a valid bound: on a source of exactly known entropy, a trained model's bound
 is never below that entropy, and it comes within a stated margin of it (DESIGN.md §4)."""
 import math
 
@@ -12,7 +12,15 @@ from thunderdlm.train import Trainer
 
 STATES = "abcde"
 L = 16
-MARGIN = 0.12   # nats/token: what a 2-layer, 32-wide model gets within 600 steps here
+# (process section, margin in nats/token): what a 2-layer, 32-wide DDiT gets within 600 steps here
+# is 0.068 (masked), 0.030 (uniform), 0.033 (SEDD absorb) and 0.068 ± 0.061 (SEDD uniform: the
+# geometric-noise estimator has the largest variance, hence the wider margin)
+PROCESSES = [
+    ({"name": "masked"}, 0.12),
+    ({"name": "uniform"}, 0.12),
+    ({"name": "score_entropy"}, 0.12),
+    ({"name": "score_entropy", "graph": "uniform", "noise": "geometric"}, 0.25),
+]
 
 
 def markov_chain(n: int, seed: int = 0):
@@ -33,13 +41,16 @@ def markov_chain(n: int, seed: int = 0):
 
 
 @pytest.mark.slow
-def test_bound_is_above_the_true_entropy_and_close_to_it(tmp_path):
+@pytest.mark.parametrize("process,margin", PROCESSES,
+                         ids=["masked", "uniform", "sedd_absorb", "sedd_uniform"])
+def test_bound_is_above_the_true_entropy_and_close_to_it(tmp_path, process, margin):
     text, h_true = markov_chain(120_000)
     (tmp_path / "chain.txt").write_text(text)
     data = prepare_data(tmp_path / "d", source=None, paths=[str(tmp_path / "chain.txt")], tokenizer="char")
     cfg = RunConfig.from_data({
         "data": {"dir": str(data), "seq_len": L},
         "model": {"name": "ddit", "n_layer": 2, "n_head": 2, "n_embd": 32, "cond_dim": 16},
+        "process": process,
         "train": {"batch_size": 64, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 20, "max_steps": 600,
                   "eval_interval": 0, "ckpt_interval": 600},
         "seed": 0})
@@ -50,4 +61,4 @@ def test_bound_is_above_the_true_entropy_and_close_to_it(tmp_path):
     bound, se = res["nats_per_token"], res["stderr"]
     print(f"true entropy {h_true:.4f}, bound {bound:.4f} ± {se:.4f}")
     assert bound >= h_true - 3 * se, "the NELBO fell below the true entropy: not a valid bound"
-    assert bound <= h_true + MARGIN, f"bound {bound:.3f} is not within {MARGIN} of {h_true:.3f}"
+    assert bound <= h_true + margin, f"bound {bound:.3f} is not within {margin} of {h_true:.3f}"

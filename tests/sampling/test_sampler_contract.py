@@ -22,7 +22,9 @@ def network(proc, random_model):
     if type(proc).build_network is Process.build_network:
         return random_model(proc.model_vocab_size)
     torch.manual_seed(0)
-    cfg = ModelConfig(name="ddit", n_layer=1, n_head=2, n_embd=16, cond_dim=8, time_conditioning=True)
+    backbone = getattr(proc, "required_backbone", None) or "ddit"     # forcing: the causal GPT
+    cfg = ModelConfig(name=backbone, n_layer=1, n_head=2, n_embd=16, cond_dim=8, time_conditioning=True,
+                      causal=backbone == "gpt")
     net = proc.build_network(cfg, L).eval()
     with torch.no_grad():                  # DDiT's zero-initialised output would make every draw alike
         for p in net.parameters():

@@ -5,12 +5,18 @@ from thunderdlm.processes.autoregressive import AutoregressiveConfig, Autoregres
 from thunderdlm.processes.base import LossOutput, Process, SampleOptions, StepContext, StepOutput
 from thunderdlm.processes.config import ProcessConfig
 from thunderdlm.processes.embedding import EmbeddingConfig, EmbeddingProcess
+from thunderdlm.processes.forcing import ForcingConfig, ForcingProcess
 from thunderdlm.processes.masked import MaskedConfig, MaskedProcess
+from thunderdlm.processes.score_entropy import ScoreEntropyConfig, ScoreEntropyProcess
+from thunderdlm.processes.uniform import UniformConfig, UniformProcess
 
 PROCESSES: dict[str, type[Process]] = {
     MaskedProcess.name: MaskedProcess,
     AutoregressiveProcess.name: AutoregressiveProcess,
     EmbeddingProcess.name: EmbeddingProcess,
+    UniformProcess.name: UniformProcess,
+    ScoreEntropyProcess.name: ScoreEntropyProcess,
+    ForcingProcess.name: ForcingProcess,
 }
 
 
@@ -20,4 +26,6 @@ def build_process(cfg: ProcessConfig, vocab_size: int) -> Process:
 
 __all__ = ["PROCESSES", "build_process", "Process", "ProcessConfig", "LossOutput", "SampleOptions",
            "StepContext", "StepOutput", "MaskedConfig", "MaskedProcess", "AutoregressiveConfig",
-           "AutoregressiveProcess", "EmbeddingConfig", "EmbeddingProcess"]
+           "AutoregressiveProcess", "EmbeddingConfig", "EmbeddingProcess", "UniformConfig",
+           "UniformProcess", "ScoreEntropyConfig", "ScoreEntropyProcess", "ForcingConfig",
+           "ForcingProcess"]

@@ -10,7 +10,8 @@ from thunderdlm.config import param
 class ProcessConfig:
     """Base of every process config; ``name`` selects the variant (see ``PROCESSES``)."""
 
-    name: str = param("masked", help="which process: masked | autoregressive")
+    name: str = param("masked", help="which process: masked | autoregressive | uniform | score_entropy "
+                                     "| ... (all of them: thunderdlm.processes.PROCESSES)")
     default_variant = "masked"
 
     @classmethod

@@ -88,7 +88,63 @@ class Cosine(Schedule):
         return -(1.0 - self.eps) * 0.5 * math.pi * torch.sin(0.5 * math.pi * t)
 
 
-SCHEDULES: dict[str, type[Schedule]] = {"loglinear": LogLinear, "cosine": Cosine}
+class D3PMCosine(Schedule):
+    """Nichol & Dhariwal's cosine, D3PM's schedule for uniform noise: with f(t) = cos²(π/2·(t+s)/(1+s)),
+    s = 0.008, α_t = ε + (1 − ε) f(t)/f(0). Near t = 0 it is flatter than ``cosine`` (α ∝ cos², not cos)."""
+
+    name = "d3pm_cosine"
+    OFFSET = 0.008
+
+    def _angle(self, t):
+        return 0.5 * math.pi * (t + self.OFFSET) / (1.0 + self.OFFSET)
+
+    def alpha(self, t):
+        f0 = math.cos(0.5 * math.pi * self.OFFSET / (1.0 + self.OFFSET)) ** 2
+        return self.eps + (1.0 - self.eps) * torch.cos(self._angle(t)) ** 2 / f0
+
+    def dalpha(self, t):
+        f0 = math.cos(0.5 * math.pi * self.OFFSET / (1.0 + self.OFFSET)) ** 2
+        # d/dt cos²(u) = −sin(2u)·du/dt, du/dt = π/(2(1+s))
+        return -(1.0 - self.eps) * torch.sin(2.0 * self._angle(t)) * 0.5 * math.pi / (1.0 + self.OFFSET) / f0
+
+
+SCHEDULES: dict[str, type[Schedule]] = {"loglinear": LogLinear, "cosine": Cosine, "d3pm_cosine": D3PMCosine}
+
+
+class Geometric(Schedule):
+    """SEDD's geometric noise σ(t) = σ_min^{1−t} σ_max^t, σ'(t) = σ(t)·log(σ_max/σ_min) (SPEC §3.1).
+
+    Parameterised by σ, not α: α_0 = e^{−σ_min} < 1 (the data is already slightly noised at t = 0)
+    and α_1 = e^{−σ_max} > 0. It is therefore not in ``SCHEDULES`` (whose members go from α = 1 to ε);
+    the score-entropy process builds it by name and accounts for both ends in its bound.
+    """
+
+    name = "geometric"
+
+    def __init__(self, sigma_min: float = 1e-4, sigma_max: float = 20.0):
+        super().__init__(0.0)
+        if not 0.0 < sigma_min < sigma_max:
+            raise ValueError(f"geometric noise needs 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self.log_ratio = math.log(sigma_max / sigma_min)
+
+    def sigma(self, t):
+        return self.sigma_min * torch.exp(t * self.log_ratio)
+
+    def dsigma(self, t):
+        return self.sigma(t) * self.log_ratio
+
+    def alpha(self, t):
+        return torch.exp(-self.sigma(t))
+
+    def dalpha(self, t):
+        return -self.dsigma(t) * self.alpha(t)
+
+    def sigma_for_conditioning(self, t):
+        return self.sigma(t)                      # finite everywhere (≤ σ_max): fed as SEDD does
+
+    def nelbo_weight(self, t):
+        return self.dsigma(t) / torch.expm1(self.sigma(t))   # = −α'/(1−α), accurate at small σ
 
 
 def build_schedule(name: str, eps: float = 0.0) -> Schedule:
