@@ -11,6 +11,7 @@ from thunderdlm.processes import SampleOptions, ScoreEntropyConfig, ScoreEntropy
 from thunderdlm.processes.base import StepContext
 from thunderdlm.processes.graphs import Absorb, Uniform
 from thunderdlm.sampling.loop import run_sampler
+from tests.processes.synthetic import iid_source
 
 V = 6
 DTYPE = torch.float64
@@ -22,10 +23,7 @@ def make(**kw):
 
 
 def source(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    pi = torch.rand(V, generator=g, dtype=DTYPE) ** 3 + 0.02
-    pi = pi / pi.sum()
-    return pi, float(-(pi * pi.log()).sum())
+    return iid_source(V, seed, DTYPE)
 
 
 def scalars(*xs):

@@ -11,6 +11,7 @@ from thunderdlm.processes import SampleOptions, UniformConfig, UniformProcess
 from thunderdlm.processes.base import StepContext
 from thunderdlm.processes.uniform import categorical_kl, posterior, udlm_rate_kl
 from thunderdlm.sampling.loop import run_sampler, transfer_schedule
+from tests.processes.synthetic import iid_source
 
 V = 5
 DTYPE = torch.float64
@@ -21,11 +22,7 @@ def make(**kw):
 
 
 def source(seed=0):
-    """A categorical distribution π over V tokens (the i.i.d. synthetic source) and its entropy."""
-    g = torch.Generator().manual_seed(seed)
-    pi = torch.rand(V, generator=g, dtype=DTYPE) ** 3 + 0.02
-    pi = pi / pi.sum()
-    return pi, float(-(pi * pi.log()).sum())
+    return iid_source(V, seed, DTYPE)
 
 
 def one_hot_logits(x0, confidence=60.0):
