@@ -9,7 +9,6 @@ from torch import nn
 from thunderdlm.errors import ConfigError, SamplingError
 from thunderdlm.models import ModelConfig
 from thunderdlm.processes import AutoregressiveConfig, AutoregressiveProcess
-from thunderdlm.processes.base import SampleOptions
 from thunderdlm.processes.forcing import ForcingConfig, ForcingProcess
 from thunderdlm.processes.forcing_sampler import decoder_logits, nearest_tokens
 from thunderdlm.sampling.loop import run_sampler
@@ -250,6 +249,43 @@ def test_without_stabilization_context_is_fed_clean_at_level_minus_one():
     p.diffusion.sample_step(rec, x, torch.tensor([[-1, 3, 31]] * 2), torch.tensor([[-1, 2, 30]] * 2))
     fed, lv = rec.inputs[0]
     assert torch.equal(fed, x) and lv[:, 0].tolist() == [-1, -1]
+
+
+@pytest.mark.parametrize("S, eta", [(32, 0.0), (8, 0.0), (8, 1.0)])
+def test_steps_follow_the_ddpm_and_ddim_formulas(S, eta):
+    p, net = setup(sampling_timesteps=S, ddim_eta=eta)
+    perturb(net)
+    t, d = p.tables, p.diffusion
+    x = torch.randn(2, 5, 16)
+    real_from = torch.tensor([[31, 20, 5, 1, 0]] * 2)
+    real_to = real_from - 1 if S == 32 else torch.tensor([[27, 16, 1, -1, -1]] * 2)
+    new, x0 = d.sample_step(net, x, real_from, real_to, torch.Generator().manual_seed(7))
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(7)).clamp(-5, 5)
+    pred = d.predictions(net(x, real_from), x, real_from)
+    assert torch.equal(x0, pred.x0)
+    f = lambda name, k: t.gather(name, k, 1.0).float().unsqueeze(-1)
+    if S == 32:       # DDPM: posterior mean + exp(½ log β̃)·z, no noise from level 0
+        want = f("posterior_mean_coef1", real_from) * pred.x0 + f("posterior_mean_coef2", real_from) * x
+        want = want + torch.exp(0.5 * f("posterior_log_variance_clipped", real_from)) * z
+        want[:, -1] = pred.x0[:, -1]
+    else:             # DDIM (SPEC §5.1), σ = 0 when the target is clean
+        a, a1 = f("alphas_cumprod", real_from), t.alpha_bar(real_to).float().unsqueeze(-1)
+        sig = eta * ((1 - a / a1) * (1 - a1) / (1 - a)).sqrt()
+        sig = torch.where(real_to.unsqueeze(-1) < 0, torch.zeros_like(sig), sig)
+        want = a1.sqrt() * pred.x0 + (1 - a1 - sig ** 2).sqrt() * pred.eps + sig * z
+    assert_close(new, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(new[real_to < 0], pred.x0[real_to < 0])     # clean: exactly x̂0
+
+
+def test_clip_x0_keeps_predictions_inside_the_embedding_ball():
+    p, net = setup(objective="pred_noise")
+    perturb(net, std=1.0)
+    lv = torch.full((3, L), 31)
+    x = torch.randn(3, L, 16)
+    pred = p.diffusion.predictions(net(x, lv), x, lv)
+    assert (pred.x0.norm(dim=-1) <= 4.0 + 1e-4).all()               # √D = 4
+    raw = ForcingProcess(ForcingConfig(clip_x0=False), V).diffusion.predictions(net(x, lv), x, lv)
+    assert raw.x0.norm(dim=-1).max() > 100                          # x/√ᾱ_31: ~650x blow-up
 
 
 def test_nearest_embedding_is_the_decoder_argmax():

@@ -75,6 +75,13 @@ def test_real_levels_official_mapping():
     assert r.tolist() == [int(v) for v in torch.linspace(-1, 31, 11).tolist()]
 
 
+def test_decode_level_skips_the_low_noise_levels():
+    assert real_levels(22, 32, decode_level=10).tolist() == [-1] + list(range(10, 32))
+    r = real_levels(11, 32, decode_level=10)
+    assert r[0] == -1 and r[1] == 11 and r[-1] == 31 and (r[1:] >= 10).all()
+    assert torch.equal(real_levels(8, 32, decode_level=0), real_levels(8, 32))
+
+
 # ---- loss weights --------------------------------------------------------------------------------------
 
 def official_weights(levels, t: GaussianTables, objective, d, fused=True):

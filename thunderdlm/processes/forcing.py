@@ -25,21 +25,26 @@ full at low noise (where tokens are read out) and fades at pure noise, where x̂
 for pred_noise, scaled by 1/√ᾱ).
 
 Likelihood (``nelbo``, a true upper bound, one network evaluation per draw): the generative model
-is the sampler itself with DDPM kernels (S = T), one horizon covering the window, the configured
-scheduling matrix M (each column steps down one level per row), clean columns rounded to e(w) and
-fed at the stabilization level, unclamped Gaussian noise, and the decoder above at level 0. Its
-ELBO over the per-token forward chains q is
+is the sampler itself with ancestral steps over S_b = ``bound_timesteps`` levels (DDPM when
+S_b = T − ``decode_level``, else DDIM with η = 1, whose variance is the q posterior's), one horizon
+covering the window, the configured scheduling matrix M (each column steps down one level per
+row), clean columns rounded to e(w) and fed at the stabilization level, unclamped Gaussian noise,
+and the decoder above reading x̂0 at the last level. Its ELBO over the per-token forward chains q:
 
     −log p(w) ≤ Σ_i KL(q(x^{T−1}_i | w_i) ‖ N(0, I))
-              + Σ_{m<R} Σ_{i moving in row m} E_q[ KL(q(x^{k−1}_i | x^k_i, w_i) ‖ p_θ(· | state_m)) ]
-              + Σ_i E_q[ −log p_θ(w_i | state when i reaches 0) ]
+              + Σ_{m<R} Σ_{i moving in row m} E_q[ KL(q(x^{k'}_i | x^k_i, w_i) ‖ p_θ(· | state_m)) ]
+              + Σ_i E_q[ −log p_θ(w_i | state when i becomes clean) ]
 
-(R = height − 1 rows; the state of row m has token j at level M[m, j], independent across tokens
-under q). With the DDPM variance β̃_k the KL is ½(snr_{k−1} − snr_k)‖e(w_i) − x̂0_i‖². One draw picks
-m ~ U{0..R−1}, samples the state from q, and returns (R·Σ_moving terms + Σ prior terms)/L: an
-unbiased estimate of the bound in nats per token. It bounds the sampler with temperature 1,
-``round_clean`` and unclamped noise (the official ±5σ clamp changes a coordinate with probability
-6e-7), S = T, DDPM steps; DDIM (S < T) and greedy decoding are other models.
+(R = height − 1 rows; the state of row m has token j at level real(M[m, j]), independent across
+tokens under q). With the ancestral variance the KL of a step k → k' is ½(snr_k' − snr_k)·
+‖e(w_i) − x̂0_i‖². One draw picks m ~ U{0..R−1}, samples the state from q and returns
+(R·Σ_moving terms + Σ prior terms)/L: an unbiased estimate of the bound in nats per token. It
+bounds the sampler with temperature 1, ``round_clean``, η = 1 and unclamped noise (the official
+±5σ clamp changes a coordinate with probability 6e-7); greedy decoding and η = 0 are other models.
+
+Deviations from the official code (each documented where it lives): level −1 is clean with ᾱ = 1,
+the DDPM step keeps not-yet-started columns, ``clip_x0`` and ``decode_level`` (forcing_diffusion),
+the symmetric trapezoid (forcing_schedules), token rounding (forcing_sampler).
 
 ``use_diffusion_forcing: false`` is teacher forcing: loss, likelihood (exact), sampling and the
 network are those of the ``autoregressive`` process, delegated to it, on the same GPT.
