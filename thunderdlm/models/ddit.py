@@ -38,16 +38,7 @@ from thunderdlm.models.base import Backbone
 from thunderdlm.models.config import ModelConfig
 from thunderdlm.models.kv_cache import KVCache, LayerKV
 from thunderdlm.models.layers import (MLP, LayerNorm, Rotary, SelfAttention, TimestepEmbedder,
-                                      modulate, per_token)
-
-
-def zero_linear(in_dim: int, out_dim: int, bias: bool = True) -> nn.Linear:
-    """A Linear layer whose weight (and bias) start at exactly zero."""
-    layer = nn.Linear(in_dim, out_dim, bias=bias)
-    nn.init.zeros_(layer.weight)
-    if layer.bias is not None:
-        nn.init.zeros_(layer.bias)
-    return layer
+                                      modulate, per_token, zero_linear)
 
 
 class DDiTBlock(nn.Module):

@@ -33,6 +33,15 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + per_token(scale)) + per_token(shift)
 
 
+
+def zero_linear(in_dim: int, out_dim: int, bias: bool = True) -> nn.Linear:
+    """A Linear layer whose weight (and bias) start at exactly zero."""
+    layer = nn.Linear(in_dim, out_dim, bias=bias)
+    nn.init.zeros_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+    return layer
+
 class TimestepEmbedder(nn.Module):
     """Scalar noise level -> conditioning vector (DiT / SEDD).
 

@@ -60,6 +60,11 @@ from thunderdlm.processes.gaussian_schedules import GAUSSIAN_SCHEDULES, build_ga
 from thunderdlm.processes.masked import stratified_times
 
 
+def sq_dist(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """‖x_{b,i} − e_v‖²: x (B, L, d), e (V, d) -> (B, L, V)."""
+    return torch.cdist(x, e.expand(x.shape[0], *e.shape)).square()
+
+
 @dataclass
 class EmbeddingConfig(ProcessConfig):
     name: str = param("embedding", help="continuous embedding diffusion (Diffusion-LM / Plaid, note 001's bridge)")
@@ -200,7 +205,7 @@ class EmbeddingProcess(Process):
         """(B, L, V) logits of the tokens given latents x0_hat (B, L, d)."""
         metric, tau = self.cfg.rounding_metric, self.cfg.rounding_temperature
         if metric == "l2":
-            return -torch.cdist(x0_hat, e.expand(x0_hat.shape[0], *e.shape)).square() / tau
+            return -sq_dist(x0_hat, e) / tau
         if metric == "cosine":
             return F.normalize(x0_hat, dim=-1) @ F.normalize(e, dim=-1).T / tau
         return x0_hat @ e.T + net.rounding_bias                                 # dot (Diffusion-LM)
@@ -238,8 +243,7 @@ class EmbeddingProcess(Process):
         """−log p(w | z_0) with z_0 ~ q(z_0 | x) and the Gaussian decoder, summed over positions: (B,)."""
         a0 = float(self.schedule.alpha_bar(torch.tensor(0.0, dtype=torch.float64)))
         z0 = a0 ** 0.5 * x + (1 - a0) ** 0.5 * torch.randn(x.shape, device=x.device, generator=generator)
-        d2 = torch.cdist(z0.float(), (a0 ** 0.5 * e.float()).expand(x.shape[0], *e.shape)).square()
-        logits = -d2 / (2 * (1 - a0))                                           # (B, L, V)
+        logits = -sq_dist(z0.float(), a0 ** 0.5 * e.float()) / (2 * (1 - a0))                                           # (B, L, V)
         return F.cross_entropy(logits.transpose(1, 2), w, reduction="none").sum(dim=1)
 
     def loss(self, model: nn.Module, x0: torch.Tensor) -> LossOutput:
@@ -325,13 +329,13 @@ class EmbeddingProcess(Process):
         e = net.latents()
         rule = self.cfg.final_rounding
         if rule == "l2":
-            return torch.cdist(latents, e.expand(latents.shape[0], *e.shape)).argmin(-1)
+            return sq_dist(latents, e).argmin(-1)
         if rule == "cosine":
             return (F.normalize(latents, dim=-1) @ F.normalize(e, dim=-1).T).argmax(-1)
         if logits is None:
             logits = self.rounding_logits(net, latents, e) if self.cfg.head == "regression" else None
             if logits is None:  # softmax head: its logits belong to x̂0, not to arbitrary latents
-                return torch.cdist(latents, e.expand(latents.shape[0], *e.shape)).argmin(-1)
+                return sq_dist(latents, e).argmin(-1)
         return logits.argmax(-1)
 
     def step(self, model: nn.Module, x: torch.Tensor, ctx: StepContext) -> StepOutput:

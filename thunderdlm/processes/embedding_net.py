@@ -25,14 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from thunderdlm.models.base import Backbone
-
-
-def zero_linear(i: int, o: int, bias: bool = True) -> nn.Linear:
-    layer = nn.Linear(i, o, bias=bias)
-    nn.init.zeros_(layer.weight)
-    if bias:
-        nn.init.zeros_(layer.bias)
-    return layer
+from thunderdlm.models.layers import zero_linear
 
 
 class EmbeddingDenoiser(nn.Module):
