@@ -219,3 +219,31 @@ def test_smollm2_first_use_and_cli_convert_show_the_step(smol, tmp_path, monkeyp
     (tmp_path / "other" / "keep.txt").write_text("user file")
     assert main(["convert", "smollm2", "--out", str(tmp_path / "other")]) == 2
     assert (tmp_path / "other" / "keep.txt").exists()
+
+
+def test_cli_convert_refuses_what_is_neither_smollm2_nor_a_gguf_file(tmp_path, capsys):
+    (tmp_path / "model.bin").write_text("x")
+    assert main(["convert", str(tmp_path / "model.bin")]) == 2
+    assert main(["convert", str(tmp_path / "missing.gguf")]) == 2
+    assert "neither 'smollm2' nor an existing .gguf file" in capsys.readouterr().err
+
+
+@pytest.mark.smollm2
+def test_cli_convert_of_any_gguf_file_gives_an_adapter_ready_folder(smol, tmp_path, monkeypatch, capsys):
+    """`thunderdlm convert PATH.gguf`: the model (its GGUF read stubbed with the module's load) and
+    the GGUF's own tokenizer in one safetensors folder that model.path and --hf-path accept."""
+    from thunderdlm.data.tokenizers import HFTokenizer
+    from thunderdlm.judges import smollm2
+    from thunderdlm.models import hf_io
+
+    monkeypatch.setattr(hf_io, "load_causal_lm", lambda path, *a, **k: smol["model"])
+    src = smollm2.gguf_path()
+    assert main(["convert", str(src), "--out", str(tmp_path / "conv")]) == 0
+    assert "model.path=" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "conv" / "thunderdlm_judge.json").read_text())
+    assert meta["name"] == src.stem and meta["source"] == src.name
+    assert hf_io.check_folder(tmp_path / "conv") == "llama"
+    tok = HFTokenizer.from_path(tmp_path / "conv")
+    assert tok.vocab_size == smol["model"].config.vocab_size
+    assert tok.encode("To be, or not to be") == list(smol["tokenizer"].encode("To be, or not to be",
+                                                                              add_special_tokens=False))

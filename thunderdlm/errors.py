@@ -34,3 +34,7 @@ class TrainingError(ThunderError):
 
 class SamplingError(ThunderError, ValueError):
     """A sampling request is impossible (prompt longer than the context, bad template...)."""
+
+
+class ModelLoadError(ThunderError):
+    """A pretrained model folder or GGUF file is missing, incomplete or of an unsupported family."""

@@ -176,7 +176,8 @@ def evaluate_spans(lm, n: int, *, mode: str = "continue", context: int = 128, sp
     reference spans are decoded alone and compared with :func:`~thunderdlm.sample_metrics.bleu`
     (corpus BLEU, 13a) and :func:`exact_match_chars`. Returns a JSON-ready dict with the setup,
     ``nfe`` (network evaluations per batch, max), ``bleu``, ``exact_match_chars``, ``offsets``
-    (token index in the validation split where each window starts) and a few ``examples``.
+    (token index in the validation split where each window starts), a few ``examples`` with their
+    context, and every ``generated`` span with its ``references`` text.
     """
     from thunderdlm.data import TokenData
     from thunderdlm.errors import SamplingError, ThunderError
@@ -235,4 +236,5 @@ def evaluate_spans(lm, n: int, *, mode: str = "continue", context: int = 128, sp
         "uses_right_context": mode == "infill" and two_sided,
         "span_start": lo, "nfe": max(nfes), "bleu": bleu(hyps, refs),
         "exact_match_chars": exact_match_chars(hyps, refs), "offsets": starts, "examples": examples,
+        "generated": hyps, "references": refs,
     }

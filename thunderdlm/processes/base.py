@@ -135,3 +135,15 @@ class Process(ABC):
 
 def config_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module under DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers.
+
+    A process calls the wrapped model for the forward pass (DDP must see it to synchronise the
+    gradients) and the unwrapped one for its own methods (``clean_latents``, ``latents`` ...)."""
+    while True:
+        inner = model.__dict__.get("_modules", {}).get("module") or getattr(model, "_orig_mod", None)
+        if inner is None or inner is model:
+            return model
+        model = inner

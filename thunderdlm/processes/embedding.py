@@ -53,7 +53,7 @@ from torch import nn
 
 from thunderdlm.config import check, param
 from thunderdlm.errors import ConfigError
-from thunderdlm.processes.base import LossOutput, Process, StepContext, StepOutput
+from thunderdlm.processes.base import LossOutput, Process, StepContext, StepOutput, unwrap
 from thunderdlm.processes.config import ProcessConfig
 from thunderdlm.processes.embedding_net import EmbeddingDenoiser
 from thunderdlm.processes.gaussian_schedules import GAUSSIAN_SCHEDULES, build_gaussian_schedule
@@ -145,16 +145,17 @@ class EmbeddingProcess(Process):
 
     # ---- the network ---------------------------------------------------------------------------
     def build_network(self, model_cfg, max_seq_len: int) -> EmbeddingDenoiser:
-        from thunderdlm.models import build_model
+        from thunderdlm.models import build_model, model_width
 
         if not model_cfg.time_conditioning:
             raise ConfigError("config field 'model.time_conditioning': the embedding process needs a "
                               "noise-level-aware network; set model.time_conditioning=true")
         cfg = self.cfg
-        d = cfg.latent_dim if cfg.bridge else model_cfg.n_embd
+        D = model_width(model_cfg)
+        d = cfg.latent_dim if cfg.bridge else D
         out = self.vocab_size if cfg.head == "softmax" else d
         backbone = build_model(model_cfg, self.vocab_size, max_seq_len, out_dim=out)
-        anchor_dim = model_cfg.n_embd if cfg.anchor_weight > 0 and cfg.anchor_target == "embedding" else None
+        anchor_dim = D if cfg.anchor_weight > 0 and cfg.anchor_target == "embedding" else None
         return EmbeddingDenoiser(backbone, d, bridge=cfg.bridge, head=cfg.head,
                                  freeze_embeddings=cfg.freeze_embeddings, anchor_dim=anchor_dim,
                                  rounding_bias=cfg.head == "regression" and cfg.rounding_metric == "dot")
@@ -182,8 +183,8 @@ class EmbeddingProcess(Process):
     def predict(self, net: EmbeddingDenoiser, z: torch.Tensor, t: torch.Tensor,
                 x_sc: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(raw output, x̂0, rounding logits) at z (B, L, d), t (B,)."""
-        out = net(z, t, x_sc)
-        e = net.latents()                                                  # (V, d)
+        out = net(z, t, x_sc)                       # through a DDP wrapper, if any
+        e = unwrap(net).latents()                                          # (V, d)
         a = self._alpha_bar(t)
         if self.cfg.head == "softmax":
             if self.cfg.output_prior:
@@ -208,7 +209,7 @@ class EmbeddingProcess(Process):
             return -sq_dist(x0_hat, e) / tau
         if metric == "cosine":
             return F.normalize(x0_hat, dim=-1) @ F.normalize(e, dim=-1).T / tau
-        return x0_hat @ e.T + net.rounding_bias                                 # dot (Diffusion-LM)
+        return x0_hat @ e.T + unwrap(net).rounding_bias                         # dot (Diffusion-LM)
 
     def self_condition(self, net: EmbeddingDenoiser, z: torch.Tensor, t: torch.Tensor,
                        rows: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -249,7 +250,7 @@ class EmbeddingProcess(Process):
     def loss(self, model: nn.Module, x0: torch.Tensor) -> LossOutput:
         cfg, net = self.cfg, model
         B, L = x0.shape
-        x = net.clean_latents(x0)                                               # (B, L, d)
+        x = unwrap(net).clean_latents(x0)                                       # (B, L, d)
         t = self._sample_t(B, x0.device, t_min=cfg.train_t_min)
         z, eps = self.noisy(x, t)
         rows = torch.rand(B, device=x0.device) < cfg.self_cond_prob
@@ -300,7 +301,8 @@ class EmbeddingProcess(Process):
                     w: torch.Tensor) -> torch.Tensor:
         """Note 001's anchor: distance of the denoised latents to the clean ones (or of U·x̂0 to E_w)."""
         if self.cfg.anchor_target == "embedding":
-            pred, anchor = net.anchor_proj(x0_hat), F.embedding(w, net.source).detach()
+            core = unwrap(net)
+            pred, anchor = core.anchor_proj(x0_hat), F.embedding(w, core.source).detach()
         else:
             pred, anchor = x0_hat, x.detach()
         if self.cfg.anchor_metric == "cosine":

@@ -63,7 +63,8 @@ from thunderdlm.processes.autoregressive import AutoregressiveConfig, Autoregres
 from thunderdlm.processes.base import LossOutput, Process, StepContext, StepOutput
 from thunderdlm.processes.config import ProcessConfig
 from thunderdlm.processes.forcing_diffusion import ForcingDiffusion
-from thunderdlm.processes.forcing_net import LEVEL_EMBEDDINGS, DiffusionForcingNet, unwrap
+from thunderdlm.processes.base import unwrap
+from thunderdlm.processes.forcing_net import LEVEL_EMBEDDINGS, DiffusionForcingNet
 from thunderdlm.processes.forcing_sampler import ForcingSampler, budget_row, decoder_logits
 from thunderdlm.processes.forcing_schedules import (BETA_SCHEDULES, MATRICES, OBJECTIVES,
                                                     GaussianTables, beta_schedule, real_levels,

@@ -121,12 +121,3 @@ class DiffusionForcingNet(nn.Module):
         """Backbone parameters (as ``Backbone.num_params``, the DF head included) + the level MLP."""
         extra = sum(p.numel() for p in self.level_mlp.parameters()) if self.level_mlp is not None else 0
         return self.backbone.num_params(non_embedding) + extra
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module under DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
-    while True:
-        inner = model.__dict__.get("_modules", {}).get("module") or getattr(model, "_orig_mod", None)
-        if inner is None or inner is model:
-            return model
-        model = inner

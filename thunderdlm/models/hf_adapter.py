@@ -1,0 +1,258 @@
+"""``HFDenoiser``: a pretrained causal LM (Llama / Mistral / Qwen / Phi / GPT-2) as a bidirectional
+denoiser that meets the :class:`Backbone` contract (``model.name: hf``), issue 7.
+
+::
+
+    h0      = E[x] (+ T(σ) with time_injection=add)          (B, L, D)  E: the LM's own token table
+    h_l     = block_l(h_{l-1} (1 + s_l(σ)) + b_l(σ))           film: per-layer scale/shift of the
+                                                               block input (identity at init)
+    f       = final_norm(h_n)                                  (B, L, D)  ``return_hidden``
+    logits  = lm_head(f)[..., :V]                              (B, L, V)  the LM head reused when the
+                                                               output is the vocabulary, else a new
+                                                               zero-initialised Linear(D, out_dim)
+                                                               (an untied LM head is then frozen)
+    shift   : logits_i <- logits_{i-1} (i >= 1)                DiffuLLaMA / Dream: the causal LM
+                                                               predicted token i at position i-1
+
+- T, s_l, b_l come from ``TimestepEmbedder(σ)`` through zero-initialised linears, so at step 0
+  the adapter computes exactly the pretrained model (with the attention direction asked for).
+- Attention: ``causal=False`` runs the decoder with ``config.is_causal = False`` and
+  ``is_causal=False`` per call (no mask tensor: SDPA keeps its fused kernels). ``causal=True``
+  passes an explicit additive causal mask, which reproduces the HF model's own logits exactly.
+  Annealing (``attn_anneal_steps``, DiffuLLaMA): while training, position i also sees each later
+  position j with probability r = step / anneal_steps (one random pattern per step, shared by the
+  batch and the heads), r reaching 1 (full attention) at the end of the annealing.
+- Vocabulary: a process that adds tokens (the masked process's mask) gets rows appended to the
+  table (``resize_token_embeddings``, mean-initialised); a tokenizer smaller than the model's padded
+  table uses the first V rows and logits.
+- Freezing (``freeze_layers``) and LoRA (``lora_rank``, via ``peft``) apply to decoder layers: LoRA
+  wraps ``lora_targets`` of the unfrozen layers only, and everything outside the pretrained model
+  (time embedding, new heads) stays trainable. ``merge_lora()`` folds the adapters into the weights.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+from torch import nn
+
+from thunderdlm.errors import ConfigError
+from thunderdlm.models.base import Backbone
+from thunderdlm.models.config import ModelConfig, freeze_range
+from thunderdlm.models.hf_io import load_causal_lm
+from thunderdlm.models.kv_cache import KVCache
+from thunderdlm.models.layers import TimestepEmbedder, per_token, zero_linear
+
+
+def decoder_layers(base: nn.Module) -> nn.ModuleList:
+    """The block list of a decoder (``layers`` in Llama/Qwen/Phi, ``h`` in GPT-2)."""
+    for name in ("layers", "h"):
+        blocks = getattr(base, name, None)
+        if isinstance(blocks, nn.ModuleList):
+            return blocks
+    raise ConfigError(f"config field 'model.path': cannot find the decoder blocks of "
+                      f"{type(base).__name__} (no 'layers' or 'h' ModuleList)")
+
+
+class HFDenoiser(Backbone):
+    """A Hugging Face causal LM behind the backbone contract (see the module docstring)."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, max_seq_len: int,
+                 out_dim: int | None = None, lm: nn.Module | None = None) -> None:
+        super().__init__(cfg, vocab_size, max_seq_len, out_dim)
+        lm = lm if lm is not None else load_causal_lm(cfg.path, cfg.attn_implementation)
+        hf_cfg = lm.config
+        n_pos = getattr(hf_cfg, "max_position_embeddings", None) or getattr(hf_cfg, "n_positions", None)
+        if n_pos is not None and max_seq_len > n_pos:
+            raise ConfigError(f"config field 'data.seq_len': {max_seq_len} exceeds the pretrained "
+                              f"model's {n_pos} positions")
+        if vocab_size > lm.get_input_embeddings().weight.shape[0]:
+            with _quiet_transformers():   # its notice of the mean initialisation, on every load
+                lm.resize_token_embeddings(vocab_size, mean_resizing=True)
+        hf_cfg.is_causal = False              # bidirectional by default (see module docstring)
+        hf_cfg.use_cache = False
+        self.n_layers = len(decoder_layers(lm.base_model))
+        self._hidden = int(lm.get_input_embeddings().weight.shape[1])
+        self.anneal_ratio = 1.0 if cfg.attn_anneal_steps == 0 else 0.0
+        self._film: torch.Tensor | None = None
+
+        # timestep conditioning: zero-initialised, so the pretrained function is kept at init
+        D, C = self._hidden, cfg.cond_dim
+        self.time_embed = TimestepEmbedder(C) if cfg.time_conditioning else None
+        self.time_add = zero_linear(C, D) if self.time_embed is not None and cfg.time_injection == "add" else None
+        self.time_film = (zero_linear(C, 2 * D * self.n_layers)
+                          if self.time_embed is not None and cfg.time_injection == "film" else None)
+        # output: the LM head when the output is the vocabulary, else a fresh zero-initialised head
+        self.head = None if self.out_dim == vocab_size else zero_linear(D, self.out_dim)
+
+        self.frozen = freeze_range(cfg.freeze_layers, self.n_layers)
+        for i in self.frozen:
+            decoder_layers(lm.base_model)[i].requires_grad_(False)
+        if cfg.freeze_embeddings:
+            lm.get_input_embeddings().requires_grad_(False)
+        lm_head = lm.get_output_embeddings()
+        if self.head is not None and lm_head.weight is not lm.get_input_embeddings().weight:
+            lm_head.requires_grad_(False)     # an untied LM head is unused: DDP needs none such
+        if cfg.gradient_checkpointing:
+            _enable_checkpointing(lm, {"use_reentrant": False, "context_fn": self._recompute_context})
+        self.lm = self._with_lora(lm, cfg) if cfg.lora_rank > 0 else lm
+        if self.time_film is not None:
+            for i, block in enumerate(decoder_layers(self.causal_lm.base_model)):
+                block.register_forward_pre_hook(self._film_hook(i), with_kwargs=True)
+
+    # ---- construction helpers -----------------------------------------------------------------
+    def _with_lora(self, lm: nn.Module, cfg: ModelConfig) -> nn.Module:
+        """peft LoRA on ``lora_targets`` of the unfrozen layers; other trainable flags restored."""
+        from peft import LoraConfig, get_peft_model
+
+        names = {n for n, _ in lm.named_modules()}
+        missing = [t for t in cfg.lora_targets if not any(n.endswith("." + t) for n in names)]
+        if missing:
+            raise ConfigError(f"config field 'model.lora_targets': no module named {missing} in "
+                              f"{type(lm).__name__}")
+        trainable = [i for i in range(self.n_layers) if i not in self.frozen]
+        if not trainable:
+            raise ConfigError("config field 'model.freeze_layers': every layer is frozen, LoRA has "
+                              "nothing to adapt")
+        keep = {n for n, p in lm.named_parameters() if p.requires_grad}
+        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
+                          lora_dropout=cfg.lora_dropout, target_modules=list(cfg.lora_targets),
+                          layers_to_transform=trainable, bias="none")
+        with warnings.catch_warnings():   # peft calls a transformers property deprecated in 5.x
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(lm, lora)
+        # peft freezes the whole base model; LoRA replaces full fine-tuning of the block weights,
+        # but the token table (new mask row) and norms outside the blocks keep training unless frozen
+        for n, p in model.get_base_model().named_parameters():
+            if n in keep and "lora_" not in n and not _in_blocks(n):
+                p.requires_grad_(True)
+        return model
+
+    @property
+    def causal_lm(self) -> nn.Module:
+        """The underlying ``*ForCausalLM`` (LoRA layers, if any, are injected in place)."""
+        return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+
+    def merge_lora(self) -> None:
+        """Fold the LoRA updates into the base weights (export); a no-op without LoRA."""
+        if hasattr(self.lm, "merge_and_unload"):
+            self.lm = self.lm.merge_and_unload()
+
+    # ---- contract ---------------------------------------------------------------------------
+    @property
+    def token_embedding(self) -> torch.Tensor:
+        return self.causal_lm.get_input_embeddings().weight
+
+    @property
+    def n_embd(self) -> int:
+        return self._hidden
+
+    def _embedding_parameters(self) -> list[nn.Parameter]:
+        params = [self.causal_lm.get_input_embeddings().weight]
+        wpe = getattr(self.causal_lm.base_model, "wpe", None)          # GPT-2 learned positions
+        if wpe is not None:
+            params.append(wpe.weight)
+        return params
+
+    def on_train_step(self, step: int) -> None:
+        """Attention annealing: the share of future positions visible at ``step``."""
+        if self.cfg.attn_anneal_steps > 0:
+            self.anneal_ratio = min(1.0, step / self.cfg.attn_anneal_steps)
+
+    def forward(self, x: torch.Tensor | None, sigma: torch.Tensor | None = None, *,
+                causal: bool | None = None, kv_cache: KVCache | None = None,
+                inputs_embeds: torch.Tensor | None = None,
+                return_hidden: bool = False) -> torch.Tensor:
+        """x: (B, L) ids, sigma: (B,) | (B, L) | None -> (B, L, out_dim) float32."""
+        if kv_cache is not None:
+            raise ValueError("HFDenoiser does not support a KV cache")
+        x, h = self._input_embeddings(x, inputs_embeds, self.token_embedding)  # (B, L), (B, L, D)
+        causal = self._resolve_causal(causal)
+        if self.time_embed is not None:
+            c = self.time_embed(self._prepare_sigma(x, sigma))                  # (B, [L,] C)
+            if self.time_add is not None:
+                h = h + per_token(self.time_add(c))
+            else:  # (B, [L,] n_layers * 2D) -> (B, [1|L], n_layers, 2, D)
+                film = per_token(self.time_film(c))
+                self._film = film.view(*film.shape[:2], self.n_layers, 2, self._hidden)
+        try:
+            f = self.causal_lm.base_model(inputs_embeds=h, use_cache=False,
+                                          **self._attention(h, causal)).last_hidden_state
+        finally:
+            self._film = None
+        if return_hidden:
+            return f.float()
+        if self.head is not None:
+            return self.head(f).float()
+        logits = self.causal_lm.get_output_embeddings()(f)[..., :self.vocab_size]
+        if self.cfg.shift_logits:
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits.float()
+
+    # ---- attention and FiLM -----------------------------------------------------------------
+    def _attention(self, h: torch.Tensor, causal: bool) -> dict:
+        """Keyword arguments that set the attention pattern of one decoder call."""
+        L = h.shape[1]
+        if not causal and (self.anneal_ratio >= 1.0 or not self.training):
+            return {"is_causal": False}
+        allowed = torch.ones(L, L, dtype=torch.bool, device=h.device).tril()
+        if not causal:   # annealing: the causal pattern plus a random share of the future
+            allowed |= torch.rand(L, L, device=h.device) < self.anneal_ratio
+        mask = torch.zeros(L, L, dtype=h.dtype, device=h.device)
+        mask = mask.masked_fill(~allowed, torch.finfo(h.dtype).min)
+        return {"attention_mask": mask.expand(h.shape[0], 1, L, L)}
+
+    def _recompute_context(self):
+        """``context_fn`` of ``torch.utils.checkpoint``: a layer recomputed in the backward pass sees
+        the FiLM values of its own forward. transformers versions that checkpoint a layer's
+        ``__call__`` rerun the FiLM hook then, after ``forward`` has cleared ``self._film``."""
+        film = self._film
+
+        @contextlib.contextmanager
+        def restore():
+            saved, self._film = self._film, film
+            try:
+                yield
+            finally:
+                self._film = saved
+        return contextlib.nullcontext(), restore()
+
+    def _film_hook(self, i: int):
+        def hook(module, args, kwargs):
+            if self._film is None:
+                return None
+            scale, shift = self._film[:, :, i, 0], self._film[:, :, i, 1]      # (B, 1|L, D)
+            if args:
+                return (args[0] * (1 + scale) + shift, *args[1:]), kwargs
+            kwargs["hidden_states"] = kwargs["hidden_states"] * (1 + scale) + shift
+            return args, kwargs
+        return hook
+
+
+def _enable_checkpointing(lm: nn.Module, kwargs: dict) -> None:
+    """Activation checkpointing of the decoder layers (``activation_checkpointing_enable`` where
+    transformers has it; its older name warns that it is deprecated)."""
+    enable = getattr(lm, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' logger at error level inside the block (restored after)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _in_blocks(name: str) -> bool:
+    """True for a parameter inside the decoder block list."""
+    return ".layers." in name or ".h." in name
