@@ -533,3 +533,18 @@ def test_smollm2_converted_folder_loads_through_model_path():
     if not is_converted(folder):
         pytest.skip(f"no converted SmolLM2 at '{folder}' (run `thunderdlm convert smollm2`)")
     _check_adapter_matches(load_causal_lm(folder), str(folder))
+
+
+def test_embedding_process_uses_only_the_tokenizers_rows_of_a_padded_table(hf_dirs):
+    """A tokenizer smaller than the pretrained table: the bridge's latents cover the V real tokens
+    only, so rounding can never produce an id past the tokenizer."""
+    from thunderdlm.processes import build_process
+    from thunderdlm.processes.embedding import EmbeddingConfig
+
+    small = V - 10
+    proc = build_process(EmbeddingConfig(latent_dim=8, head="regression", parameterization="x0"), small)
+    net = proc.build_network(ModelConfig(name="hf", path=str(hf_dirs["llama"])), 16)
+    assert net.backbone.token_embedding.shape[0] == V                  # the table keeps its padding
+    assert net.latents().shape == (small, 8)
+    z = torch.randn(2, 6, 8)
+    assert int(proc.round(net, z).max()) < small

@@ -52,8 +52,9 @@ class EmbeddingDenoiser(nn.Module):
     # ---- the bridge ----------------------------------------------------------------------------
     @property
     def source(self) -> torch.Tensor:
-        """E: (V, D) the source token embeddings."""
-        return self.backbone.token_embedding
+        """E: (V, D) the source token embeddings (a pretrained model's table may hold padding rows
+        past the tokenizer's V; they are never latents)."""
+        return self.backbone.token_embedding[: self.backbone.vocab_size]
 
     def set_source(self, table: torch.Tensor, trainable: bool = False) -> None:
         """Replace E by a pretrained table (V, D) (adapters, issue 7)."""
