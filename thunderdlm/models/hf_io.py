@@ -21,6 +21,15 @@ WEIGHT_FILES: tuple[str, ...] = ("model.safetensors", "model.safetensors.index.j
                                  "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
+def local_path(path: str | Path) -> Path:
+    """``path`` (``~`` expanded) if it is on disk; never looked up on a hub."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"model.path '{path}' does not exist (models are never downloaded); "
+                             "for SmolLM2 run `thunderdlm convert smollm2` and use its folder")
+    return path
+
+
 def check_folder(folder: Path) -> str:
     """A local model folder with config.json and weights of a supported family; its model_type."""
     cfg_path = folder / "config.json"
@@ -47,10 +56,7 @@ def load_causal_lm(path: str | Path, attn_implementation: str = "sdpa"):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()          # no per-load "Loading weights" bars in our output
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise ModelLoadError(f"model.path '{path}' does not exist (models are never downloaded); "
-                             "for SmolLM2 run `thunderdlm convert smollm2` and use its folder")
+    path = local_path(path)
     kwargs = dict(local_files_only=True, dtype=torch.float32, attn_implementation=attn_implementation)
     try:
         if path.is_file():
@@ -74,10 +80,7 @@ def load_config(path: str | Path):
     """The ``transformers`` config of a local folder or ``.gguf`` file (no weights read)."""
     from transformers import AutoConfig
 
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise ModelLoadError(f"model.path '{path}' does not exist (models are never downloaded); "
-                             "for SmolLM2 run `thunderdlm convert smollm2` and use its folder")
+    path = local_path(path)
     try:
         if path.is_file():
             return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
