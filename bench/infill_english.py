@@ -1,9 +1,11 @@
-"""Does infilling keep English? Held-out Shakespeare gaps filled by each run, scored the same way.
+"""Does generated text stay English? Held-out Shakespeare gaps (or continuations) filled by each run,
+scored the same way.
 
 For every run, ``--n`` validation windows evenly spaced over the split; in each a gap of about
-``--span-chars`` characters between about ``--context-chars`` known characters (half left, half
-right; converted to the run's own tokens with its validation characters-per-token, so runs with
-different tokenizers fill gaps of the same size in text). Per run it reports (JSON):
+``--span-chars`` characters between about ``--context-chars`` known characters (``--mode infill``:
+half left, half right; ``--mode continue``: all of them before the gap, a prompted continuation),
+converted to the run's own tokens with its validation characters-per-token, so runs with
+different tokenizers fill gaps of the same size in text. Per run it reports (JSON):
 
 - ``real_word_fraction``: the share of words (``[A-Za-z']+``) in the generated gaps that occur in
   the training split's text — a word-level "is it English / Shakespeare's vocabulary" check that
@@ -38,6 +40,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=32, help="validation windows")
     ap.add_argument("--context-chars", type=int, default=154)
     ap.add_argument("--span-chars", type=int, default=51)
+    ap.add_argument("--mode", choices=("infill", "continue"), default="infill")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench/results/infill_english.json")
     args = ap.parse_args()
@@ -48,7 +51,7 @@ def main() -> None:
         cpt = data.chars_per_token("val")
         context, span = round(args.context_chars / cpt), max(1, round(args.span_chars / cpt))
         known = set(words(lm.tokenizer.decode(data.split("train").tolist())))
-        r = evaluate_spans(lm, args.n, mode="infill", context=context, span=span, steps=span,
+        r = evaluate_spans(lm, args.n, mode=args.mode, context=context, span=span, steps=span,
                            seed=args.seed)
         gen = [w for text in r["generated"] for w in words(text)]
         ref = [w for text in r["references"] for w in words(text)]

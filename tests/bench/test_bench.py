@@ -204,6 +204,34 @@ def test_rerun_reuses_runs_and_measurements(tiny_run, data_dir):
     assert {n: checkpoint_files(r) for n, r in runs.items()} == before
 
 
+def test_measurements_saved_before_a_config_field_existed_stay_current(tiny_run, data_dir):
+    """A field added to the config schema later, at its default, does not make saved measurements
+    stale (they are still what that config measures); a changed value does."""
+    import json
+    tiny_run, _ = tiny_run
+    path = tiny_run / "methods" / "ar_gpt.json"
+    original = path.read_text()
+    record = json.loads(original)
+    record["settings"]["config"]["train"].pop("distributed")        # as written before it existed
+    path.write_text(json.dumps(record))
+    stored_cfg = tiny_run / "runs" / "ar_gpt" / "config.json"
+    stored = stored_cfg.read_text()
+    cfg = json.loads(stored)
+    cfg["train"].pop("distributed")                                 # the run folder's too
+    stored_cfg.write_text(json.dumps(cfg))
+    args = ["bench", "tiny", "--out", str(tiny_run), "--quiet", "--set", f"data.dir={data_dir}"]
+    try:
+        assert main(args) == 0
+        assert load_results(tiny_run).actions["ar_gpt"] == "cached"
+        record["settings"]["config"]["train"]["distributed"] = "fsdp"   # a value that differs
+        path.write_text(json.dumps(record))
+        assert main(args) == 0
+        assert load_results(tiny_run).actions["ar_gpt"] != "cached"
+    finally:
+        path.write_text(original)
+        stored_cfg.write_text(stored)
+
+
 def test_changed_config_is_not_reused_silently(tiny_run, data_dir, capsys):
     tiny_run, _ = tiny_run
     args = ["bench", "tiny", "--out", str(tiny_run), "--quiet", "--set", f"data.dir={data_dir}"]

@@ -116,6 +116,7 @@ def test_embedding_anchor_is_zero_when_the_inverse_projection_returns_the_embedd
 @pytest.mark.parametrize("over", [
     {}, {"parameterization": "eps"}, {"parameterization": "v"}, {"parameterization": "v", "diffusion_loss": "eps"},
     {"head": "softmax"}, {"diffusion_loss": "vlb"}, {"self_conditioning": True},
+    {"head": "softmax", "input_posterior": True}, {"input_posterior": True, "self_conditioning": True},
     {"time": "discrete", "timesteps": 50}, {"bridge": False},
     {"anchor_weight": 0.5, "anchor_target": "embedding", "anchor_metric": "cosine"}])
 def test_every_loss_is_finite_and_trains_every_parameter(over):
@@ -284,3 +285,47 @@ def test_zero_temperature_with_the_softmax_head_is_clamping():
                        options=SampleOptions(), generator=torch.Generator().manual_seed(0))
     proc.step(net, torch.zeros(2, L, dtype=torch.long), ctx1)
     assert not torch.allclose(ctx1.cache["x_sc"], ctx.cache["x_sc"])     # T = 1 averages
+
+
+def test_the_posterior_input_is_each_positions_own_token_posterior():
+    """prior_logits is log N(z; √ᾱ e_v, (1 − ᾱ) I) up to a constant in v: one-hot on the token at low
+    noise, flat at pure noise, and Bayes' rule by brute force in between; the network reads it."""
+    proc, net = make(head="softmax", input_posterior=True)
+    w = torch.randint(0, V, (2, L))
+    e = net.latents().detach()
+    x = net.clean_latents(w).detach()
+    for tv, check in ((0.05, "onehot"), (1.0, "flat"), (0.6, "bayes")):
+        t = torch.full((2,), tv)
+        z, _ = proc.noisy(x, t)
+        a = proc._alpha_bar(t)
+        p = torch.softmax(proc.prior_logits(z, a, e), dim=-1)
+        if check == "onehot":
+            assert torch.equal(p.argmax(-1), w) and p.max(-1).values.min() > 0.999
+        elif check == "flat":
+            assert (p - 1.0 / V).abs().max() < 0.05
+        else:
+            logpdf = torch.distributions.Normal(a.sqrt()[..., None] * e, (1 - a).sqrt()[..., None]) \
+                .log_prob(z[:, :, None, :]).sum(-1)                                  # (2, L, V)
+            assert torch.allclose(p, torch.softmax(logpdf, -1), atol=1e-5)
+    perturb(net, 0.05)
+    t = torch.full((2,), 0.6)
+    z, _ = proc.noisy(x, t)
+    flat = torch.full((2, L, V), 1.0 / V)
+    assert not torch.allclose(net(z, t, None, flat), net(z, t, None, torch.softmax(torch.randn(2, L, V), -1)))
+
+
+def test_input_scale_scales_the_projected_latents_only():
+    """h0 = c·(W_in·z + W_sc·x_sc) + p·E: the continuous inputs are scaled, the soft tokens are not."""
+    proc, net = make(head="softmax", input_scale=0.1, input_posterior=True)
+    perturb(net, 0.05)
+    z, t = torch.randn(2, L, 16), torch.full((2,), 0.5)
+    probs = torch.softmax(torch.randn(2, L, V), -1)
+    seen = {}
+    hook = net.backbone.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.update(h=kwargs["inputs_embeds"]), with_kwargs=True)
+    net(z, t, None, probs)
+    hook.remove()
+    expected = 0.1 * net.in_proj(z) + 0.1 * net.sc_proj(torch.zeros_like(z)) + probs @ net.source
+    assert torch.allclose(seen["h"], expected, atol=1e-6)
+    with pytest.raises(ConfigError, match="process.input_scale"):
+        make(input_scale=0.0)

@@ -93,6 +93,70 @@ def test_training_step_reaches_every_parameter(objective, level_embedding):
     assert net.backbone.token_embedding.grad.abs().sum() > 0
 
 
+def test_rounding_weight_by_snr_or_flat():
+    """The rounding term is the clipped-SNR-weighted mean of the per-token cross-entropy, or (flag
+    off) its plain mean, which keeps pure-noise tokens in the loss; the MSE term is the same."""
+    w = torch.randint(0, V, (4, L))
+    losses = {}
+    for flag in (True, False):
+        p, net = setup(objective="pred_x0", rounding_snr_weight=flag)
+        perturb(net)
+        torch.manual_seed(5)                       # the same levels and noise for both
+        losses[flag] = p.loss(net, w).metrics
+    assert losses[True]["mse"] == pytest.approx(losses[False]["mse"], rel=1e-6)
+    assert losses[False]["round_ce"] > losses[True]["round_ce"]          # every weight 1 ≥ min(snr, C)/C
+    # the flat mean, recomputed by hand
+    p, net = setup(objective="pred_x0", rounding_snr_weight=False)
+    perturb(net)
+    torch.manual_seed(5)
+    e = net.embed(w)
+    k = torch.randint(0, p.cfg.timesteps, w.shape)
+    eps = p.diffusion.noise(e.shape, e.device)
+    out, table = net(p.diffusion.q_sample(e, k, eps), k, return_table=True)
+    x0 = p.diffusion.predictions(out, p.diffusion.q_sample(e, k, eps), k).x0
+    ce = torch.nn.functional.cross_entropy(decoder_logits(x0, table).transpose(1, 2), w)
+    assert losses[False]["round_ce"] == pytest.approx(ce.item(), rel=1e-5)
+
+
+def test_the_softmax_head_scores_tokens_and_predicts_their_posterior_mean():
+    """head=softmax: logits = out·e_v + log N(x_k; √ᾱ e_v, (1 − ᾱ) I); x̂0 = softmax(logits)·e lies in
+    the embeddings' hull; with out = 0 the logits are the token's own evidence, which decodes it at
+    level 0 and is flat at the top level; clean columns keep x̂0 = x."""
+    p, net = setup(objective="pred_x0", head="softmax", timesteps=32)
+    table = net.token_table().detach()
+    w = torch.randint(0, V, (2, L))
+    e = net.embed(w).detach()
+    dif = p.diffusion
+    for k, check in ((0, "decodes"), (31, "flat")):
+        lv = torch.full((2, L), k)
+        x = dif.q_sample(e, lv, dif.noise(e.shape, e.device))
+        pred = dif.predictions(torch.zeros_like(x), x, lv, table)
+        assert torch.allclose(pred.x0, torch.softmax(pred.logits, -1) @ table, atol=1e-5)
+        assert torch.equal(pred.out, pred.x0)
+        if check == "decodes":
+            assert torch.equal(pred.decoder_logits(table).argmax(-1), w)
+        else:
+            assert (torch.softmax(pred.logits, -1) - 1 / V).abs().max() < 0.05
+    lv = torch.full((2, L), -1)
+    pred = dif.predictions(torch.randn_like(e), e, lv, table)
+    assert torch.equal(pred.x0, e) and torch.equal(pred.eps, torch.zeros_like(e))
+    out = p.loss(perturb(net).train(), w)
+    assert math.isfinite(out.loss.item())
+    with pytest.raises(ConfigError, match="process.head"):
+        ForcingConfig(head="softmax", objective="pred_noise")
+
+
+def test_input_scale_scales_what_enters_the_residual_stream():
+    p, net = setup(input_scale=0.02)
+    perturb(net)
+    x, lv = torch.randn(2, L, 16), torch.randint(-1, 32, (2, L))
+    h = 0.02 * (x + net.level_embed(lv.float()))
+    expected = net.backbone(None, lv.float(), causal=True, inputs_embeds=h)
+    assert_close(net(x, lv), expected)
+    with pytest.raises(ConfigError, match="process.input_scale"):
+        ForcingConfig(input_scale=0.0)
+
+
 def test_num_params_counts_backbone_head_and_level_mlp():
     _, net = setup(level_embedding="mlp")
     total = sum(q.numel() for q in net.parameters())
@@ -142,16 +206,20 @@ def test_a_perfect_denoiser_has_zero_diffusion_loss_and_a_bound_at_the_prior(obj
 
 # ---- the likelihood bound ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("T, S, decode_level, matrix", [(3, 3, 0, "pyramid"),        # DDPM to level 0
-                                                     (6, 2, 2, "pyramid"),        # η = 1 jumps, decode at 2
-                                                     (4, 4, 0, "full_sequence")])
-def test_nelbo_is_a_valid_bound_on_the_sampler_it_describes(T, S, decode_level, matrix):
+@pytest.mark.parametrize("T, S, decode_level, matrix, head", [
+    (3, 3, 0, "pyramid", "regression"),        # DDPM to level 0
+    (6, 2, 2, "pyramid", "regression"),        # η = 1 jumps, decode at 2
+    (4, 4, 0, "full_sequence", "regression"),
+    (3, 3, 0, "pyramid", "softmax"),           # the categorical head: tokens from its own logits
+    (6, 2, 2, "pyramid", "softmax")])
+def test_nelbo_is_a_valid_bound_on_the_sampler_it_describes(T, S, decode_level, matrix, head):
     """Tiny case (V = 3, L = 2, D = 4): the bound averaged over many draws must lie above −log p(w)
     of the sampler it describes (ancestral steps, rounding, temperature 1, unclamped noise),
     estimated by sampling, for every one of the 9 sequences; exp(−bound) summed is at most 1."""
     p, net = setup(vocab=3, length=2, model=gpt(n_embd=4, tie_embeddings=False), timesteps=T,
                    sampling_timesteps=S, decode_level=decode_level, ddim_eta=1.0, clip_noise=1e6,
-                   scheduling_matrix=matrix, seed=0)
+                   scheduling_matrix=matrix, seed=0, head=head,
+                   objective="pred_x0" if head == "softmax" else "pred_noise")
     perturb(net, std=0.5)
     g = torch.Generator().manual_seed(0)
     n = 40_000

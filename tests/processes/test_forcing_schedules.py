@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from thunderdlm.processes.forcing_schedules import (GaussianTables, beta_schedule, loss_weights,
+from thunderdlm.processes.forcing_schedules import (GaussianTables, beta_schedule, loss_weights, shift_betas,
                                                     real_levels, scheduling_matrix,
                                                     trapezoid_matrix)
 
@@ -33,6 +33,18 @@ def test_betas_are_float64_in_range_and_alpha_bar_decreases(name, T):
     assert (b > 0).all() and (b <= 0.999).all()
     ab = torch.cumprod(1 - b, 0)
     assert (ab[1:] < ab[:-1]).all() and ab[-1] > 0
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "sigmoid"])
+@pytest.mark.parametrize("shift", [1.0, 1 / 16, 4.0])
+def test_shifted_schedule_multiplies_every_snr(name, shift):
+    b = beta_schedule(name, 64)
+    shifted = shift_betas(b, shift)
+    t0, t = GaussianTables(b, 5.0), GaussianTables(shifted, 5.0)
+    assert torch.allclose(t.snr, shift * t0.snr, rtol=1e-9)
+    assert ((shifted > 0) & (shifted < 1)).all() and (t.alphas_cumprod.diff() < 0).all()
+    if shift == 1.0:
+        assert torch.equal(shifted, b)
 
 
 def test_linear_endpoints_and_cosine_last_beta_clipped():

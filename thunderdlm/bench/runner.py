@@ -24,7 +24,8 @@ from thunderdlm.bench.plan import PlannedMethod, SuitePlan
 from thunderdlm.bench.results import BenchResults, read_method_result, write_json, write_results
 from thunderdlm.bench.suite import SuiteError
 from thunderdlm.config import to_dict
-from thunderdlm.errors import CheckpointError
+from thunderdlm.errors import CheckpointError, ThunderError
+from thunderdlm.run_config import RunConfig
 
 BUDGET_KEYS = ("max_steps", "max_minutes")
 
@@ -46,7 +47,7 @@ def run_suite(plan: SuitePlan, *, only: list[str] | None = None, force: bool = F
         trained = ensure_trained(m, retrain=retrain, show=show, log=log)
         settings = measurement_settings(plan, m)
         saved = read_method_result(plan.result_path(m.name))
-        if not force and trained == "reused" and saved is not None and saved.get("settings") == settings:
+        if not force and trained == "reused" and saved is not None and _same_settings(saved, settings):
             log(f"  measurements saved in {plan.result_path(m.name)} are up to date (--force measures again)")
             actions[m.name] = "cached"
             continue
@@ -112,13 +113,23 @@ def check_same_run(m: PlannedMethod) -> dict:
         stored = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise SuiteError(f"method '{m.name}': '{path}' is unreadable ({e}); pass --retrain") from None
-    diffs = _diff(_without_budget(stored), _without_budget(m.cfg.to_dict()))
+    diffs = _diff(_without_budget(_as_current(stored)), _without_budget(m.cfg.to_dict()))
     if diffs:
         shown = "; ".join(f"{k}: {a!r} → {b!r}" for k, a, b in diffs[:4])
         more = f" and {len(diffs) - 4} more" if len(diffs) > 4 else ""
         raise SuiteError(f"method '{m.name}': run folder '{m.run_dir}' was trained with a different config "
                          f"({shown}{more}); pass --retrain to train it again, or another --out")
     return stored
+
+
+def _as_current(cfg: dict) -> dict:
+    """A stored run config read as today's: fields added to the schema since it was written get
+    their defaults (which keep the old behaviour), so they do not count as a difference. One that
+    no longer parses is returned as it is (and so differs)."""
+    try:
+        return RunConfig.from_data(cfg).to_dict()
+    except ThunderError:
+        return cfg
 
 
 def _without_budget(cfg: dict) -> dict:
@@ -151,9 +162,17 @@ def measurement_settings(plan: SuitePlan, m: PlannedMethod) -> dict:
             "seed": plan.suite.seed}
 
 
+def _same_settings(saved: dict, now: dict) -> bool:
+    """Whether a saved record's settings are ``now``'s. Its config is read as today's config first:
+    a field added to the schema since (at its default) changes nothing that was measured."""
+    settings = dict(saved.get("settings") or {})
+    settings["config"] = _as_current(settings.get("config") or {})
+    return settings == now
+
+
 def _up_to_date(plan: SuitePlan, m: PlannedMethod, saved: dict) -> bool:
     try:
-        return saved.get("settings") == measurement_settings(plan, m)
+        return _same_settings(saved, measurement_settings(plan, m))
     except CheckpointError:          # the run folder is gone or damaged
         return False
 

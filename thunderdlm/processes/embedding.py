@@ -85,11 +85,25 @@ class EmbeddingConfig(ProcessConfig):
                            "logits and x̂0 = softmax(logits)·e (needs parameterization x0)")
     output_prior: bool = param(True, help="softmax head: add the Gaussian log-likelihood of z_t under each "
                                           "token to the logits (Plaid's output prior)")
+    input_scale: float = param(1.0, help="scale c of the projected latents in the backbone's residual "
+                                         "stream, h0 = c·W_in·z_t: W_in·z_t has a per-coordinate std of "
+                                         "~0.6, about 10x a DDiT's token embeddings (kaiming init), which "
+                                         "drowns the blocks' zero-initialised gated outputs at the start")
+    input_posterior: bool = param(False, help="also feed the network each position's token posterior "
+                                              "given its own z_t, softmax(prior logits)·E: the noisy "
+                                              "neighbours arrive as (soft) tokens of the token table, "
+                                              "as in masked diffusion, instead of raw latents only")
     self_conditioning: bool = param(False, help="feed the previous x̂0 back as input (Plaid / CDCD)")
     self_cond_prob: float = param(0.5, help="fraction of training rows that get a self-conditioning pass")
     train_t_min: float = param(0.0, help="training draws t in [train_t_min, 1] (the bound always integrates "
                                          "over (0, 1]); skips the low-noise range that the output prior "
                                          "already solves")
+    t_sampling: str = param("uniform", choices=("uniform", "importance"),
+                            help="how training and the bound draw t: uniform (stratified), or importance: "
+                                 "∝ √E[h(t)²] of the bound's integrand from its own history, weighted "
+                                 "1/p(t) (Improved DDPM's loss-second-moment sampler; time_importance.py)")
+    t_bins: int = param(64, help="t_sampling=importance: bins of (0, 1] for the history (time=discrete: "
+                                 "the T steps themselves)")
     # ---- the loss ----
     diffusion_loss: str = param("simple", choices=("simple", "x0", "eps", "v", "vlb"),
                                 help="simple: MSE on the parameterisation's own target; x0 / eps / v: MSE "
@@ -119,6 +133,11 @@ class EmbeddingConfig(ProcessConfig):
         check(0.0 <= self.self_cond_prob <= 1.0, "process.self_cond_prob",
               f"must be in [0, 1], got {self.self_cond_prob}")
         check(0.0 <= self.train_t_min < 1.0, "process.train_t_min", f"must be in [0, 1), got {self.train_t_min}")
+        check(self.t_bins >= 1, "process.t_bins", f"must be ≥ 1, got {self.t_bins}")
+        check(self.input_scale > 0, "process.input_scale", f"must be > 0, got {self.input_scale}")
+        check(self.t_sampling == "uniform" or self.train_t_min == 0.0, "process.train_t_min",
+              "t_sampling=importance already moves the draws to where the bound's integrand is; "
+              f"leave train_t_min at 0, got {self.train_t_min}")
         check(self.ddim_eta >= 0.0, "process.ddim_eta", f"must be ≥ 0, got {self.ddim_eta}")
         check(0.0 <= self.clamp_below <= 1.0, "process.clamp_below", f"must be in [0, 1], got {self.clamp_below}")
         check(self.rounding_temperature > 0, "process.rounding_temperature",
@@ -156,22 +175,33 @@ class EmbeddingProcess(Process):
         out = self.vocab_size if cfg.head == "softmax" else d
         backbone = build_model(model_cfg, self.vocab_size, max_seq_len, out_dim=out)
         anchor_dim = D if cfg.anchor_weight > 0 and cfg.anchor_target == "embedding" else None
+        bins = None
+        if cfg.t_sampling == "importance":
+            bins = cfg.timesteps if cfg.time == "discrete" else cfg.t_bins
         return EmbeddingDenoiser(backbone, d, bridge=cfg.bridge, head=cfg.head,
                                  freeze_embeddings=cfg.freeze_embeddings, anchor_dim=anchor_dim,
-                                 rounding_bias=cfg.head == "regression" and cfg.rounding_metric == "dot")
+                                 rounding_bias=cfg.head == "regression" and cfg.rounding_metric == "dot",
+                                 time_bins=bins, input_scale=cfg.input_scale)
 
     # ---- schedule helpers ----------------------------------------------------------------------
     def _alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
         """ᾱ(t) broadcastable over (B, L, d): t (B,) -> (B, 1, 1)."""
         return self.schedule.alpha_bar(t.double()).float()[:, None, None]
 
-    def _sample_t(self, n: int, device, generator=None, t_min: float = 0.0) -> torch.Tensor:
-        """Training / bound times: stratified in (t_min, 1], or on the discrete grid k/T, k ∈ 1..T."""
-        t = t_min + (1.0 - t_min) * stratified_times(n, device, generator, True)
-        if self.cfg.time == "discrete":
+    def _sample_t(self, net: EmbeddingDenoiser, n: int, device, generator=None,
+                  t_min: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training / bound times (n,) and their weights 1/p(t) (n,): stratified in (t_min, 1] (weight
+        1), or through the importance sampler's inverse CDF; time=discrete snaps to k/T, k ∈ 1..T."""
+        u = stratified_times(n, device, generator, True)
+        sampler = unwrap(net).time_sampler
+        if sampler is None:
+            t, weight = t_min + (1.0 - t_min) * u, torch.ones_like(u)
+        else:
+            t, weight = (v.to(u.dtype) for v in sampler.sample(u))
+        if self.cfg.time == "discrete":   # bin k of the sampler is ((k − 1)/T, k/T]: snapping keeps p
             T = self.cfg.timesteps
             t = torch.ceil(t * T).clamp(1, T) / T
-        return t
+        return t, weight
 
     def noisy(self, x: torch.Tensor, t: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
         """z_t = √ᾱ x + √(1 − ᾱ) ε and ε; x (B, L, d), t (B,)."""
@@ -183,15 +213,17 @@ class EmbeddingProcess(Process):
     def predict(self, net: EmbeddingDenoiser, z: torch.Tensor, t: torch.Tensor,
                 x_sc: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(raw output, x̂0, rounding logits) at z (B, L, d), t (B,)."""
-        out = net(z, t, x_sc)                       # through a DDP wrapper, if any
         e = unwrap(net).latents()                                          # (V, d)
         a = self._alpha_bar(t)
-        if self.cfg.head == "softmax":
-            if self.cfg.output_prior:
-                # Plaid's output prior: + log N(z; √ᾱ e_v, (1 − ᾱ) I) up to a constant in v, the
-                # exact per-position posterior of the token under a uniform prior; the network
-                # learns the correction to it (which vanishes as t → 0)
-                out = out + (a.sqrt() * (z @ e.T) - 0.5 * a * e.square().sum(-1)) / (1 - a)
+        cfg = self.cfg
+        prior = self.prior_logits(z, a, e) if cfg.input_posterior or cfg.output_prior else None
+        token_probs = torch.softmax(prior, dim=-1) if cfg.input_posterior else None
+        out = net(z, t, x_sc, token_probs)          # through a DDP wrapper, if any
+        if cfg.head == "softmax":
+            if cfg.output_prior:
+                # Plaid's output prior: the network learns the correction to the per-position
+                # posterior (which is exact on its own as t → 0)
+                out = out + prior
             x0_hat = torch.softmax(out, dim=-1) @ e                            # E_p[e] (B, L, d)
             return out, x0_hat, out
         if self.cfg.parameterization == "x0":
@@ -201,6 +233,12 @@ class EmbeddingProcess(Process):
         else:  # v
             x0_hat = a.sqrt() * z - (1 - a).sqrt() * out
         return out, x0_hat, self.rounding_logits(net, x0_hat, e)
+
+    @staticmethod
+    def prior_logits(z: torch.Tensor, a: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """log N(z; √ᾱ e_v, (1 − ᾱ) I) up to a constant in v: (B, L, V), the exact posterior of each
+        position's token given its own z_t alone, under a uniform prior; z (B, L, d), a (B, 1, 1)."""
+        return (a.sqrt() * (z @ e.T) - 0.5 * a * e.square().sum(-1)) / (1 - a)
 
     def rounding_logits(self, net: EmbeddingDenoiser, x0_hat: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """(B, L, V) logits of the tokens given latents x0_hat (B, L, d)."""
@@ -251,18 +289,25 @@ class EmbeddingProcess(Process):
         cfg, net = self.cfg, model
         B, L = x0.shape
         x = unwrap(net).clean_latents(x0)                                       # (B, L, d)
-        t = self._sample_t(B, x0.device, t_min=cfg.train_t_min)
+        t, weight = self._sample_t(net, B, x0.device, t_min=cfg.train_t_min)
         z, eps = self.noisy(x, t)
         rows = torch.rand(B, device=x0.device) < cfg.self_cond_prob
         out, x0_hat, logits = self.predict(net, z, t, self.self_condition(net, z, t, rows))
         metrics: dict[str, float] = {}
         total = torch.zeros((), device=x0.device)
+        h = self.diffusion_term(x, x0_hat, t) / L                               # (B,) per token
+        sampler = unwrap(net).time_sampler
+        if sampler is not None:
+            sampler.update(t, h)
         if cfg.mse_weight > 0:
+            # the diffusion loss is the one term that estimates an integral over t: weight 1/p(t)
+            # keeps it unbiased under importance sampling (the other terms simply see the proposal)
             if cfg.diffusion_loss == "vlb":
-                mse = (self.diffusion_term(x, x0_hat, t) / L).mean()
+                mse = (weight * h).mean()
             else:
                 kind = cfg.parameterization if cfg.diffusion_loss == "simple" else cfg.diffusion_loss
-                mse = (self._as(kind, out, x0_hat, z, t) - self._target(kind, x, eps, t)).square().mean()
+                err = (self._as(kind, out, x0_hat, z, t) - self._target(kind, x, eps, t)).square()
+                mse = (weight * err.mean(dim=(1, 2))).mean()
             total = total + cfg.mse_weight * mse
             metrics["mse"] = mse.item()
         if cfg.anchor_weight > 0:
@@ -314,11 +359,11 @@ class EmbeddingProcess(Process):
         L = x0.shape[1]
         x = net.clean_latents(x0)
         e = net.latents()
-        t = self._sample_t(x0.shape[0], x0.device, generator)
+        t, weight = self._sample_t(net, x0.shape[0], x0.device, generator)
         z, _ = self.noisy(x, t, generator)
         x0_hat = self.predict(net, z, t, self.self_condition(net, z, t))[1]
         total = (self.decoder_term(x, x0, e, generator) + self.prior_term(x)
-                 + self.diffusion_term(x, x0_hat, t))
+                 + weight * self.diffusion_term(x, x0_hat, t))
         return total / L
 
     # ---- sampling ------------------------------------------------------------------------------

@@ -9,8 +9,11 @@
                                     so clean latents are roughly N(0, I) per dimension (isotropic,
                                     the scale the Gaussian noise assumes). Without the bridge
                                     (note 000's recipe) e_v = E_v: raw embeddings at their own scale.
-    input         h0 = W_in·z_t + W_sc·x̂_sc            (B, L, D); W_sc zero-initialised, x̂_sc the
-                                    self-conditioning estimate (zeros when off / on the first pass)
+    input         h0 = c·(W_in·z_t + W_sc·x̂_sc) [+ p(v | z_t)·E]   (B, L, D); c = ``input_scale``,
+                                    W_sc zero-initialised, x̂_sc
+                                    the self-conditioning estimate (zeros when off / on the first
+                                    pass); with ``input_posterior`` also the expected source
+                                    embedding under each position's own token posterior
     backbone      f = backbone(inputs_embeds=h0, σ = 1000·t)
     heads         "regression": out = f ∈ R^d (B, L, d): x̂0, ε̂ or v̂ by the parameterisation
                   "softmax" (Plaid / CDCD): out = logits ∈ R^V and x̂0 = softmax(logits)·e, the
@@ -26,16 +29,19 @@ from torch import nn
 
 from thunderdlm.models.base import Backbone
 from thunderdlm.models.layers import zero_linear
+from thunderdlm.processes.time_importance import TimeImportance
 
 
 class EmbeddingDenoiser(nn.Module):
     """Bridge + backbone + heads; ``forward(z, t, x_sc) -> (B, L, out)`` raw head output."""
 
     def __init__(self, backbone: Backbone, latent_dim: int, *, bridge: bool, head: str,
-                 freeze_embeddings: bool, anchor_dim: int | None, rounding_bias: bool) -> None:
+                 freeze_embeddings: bool, anchor_dim: int | None, rounding_bias: bool,
+                 time_bins: int | None = None, input_scale: float = 1.0) -> None:
         super().__init__()
         self.backbone = backbone
         self.latent_dim = latent_dim
+        self.input_scale = input_scale
         self.bridge = bridge
         self.head = head
         D = backbone.n_embd
@@ -46,6 +52,8 @@ class EmbeddingDenoiser(nn.Module):
         # for the anchor loss against the (pretrained) embeddings
         self.anchor_proj = nn.Linear(latent_dim, anchor_dim) if anchor_dim else None
         self.rounding_bias = nn.Parameter(torch.zeros(backbone.vocab_size)) if rounding_bias else None
+        # the history of the bound's integrand over t (importance sampling of t), or None
+        self.time_sampler = TimeImportance(time_bins) if time_bins else None
         if freeze_embeddings:
             backbone.token_embedding.requires_grad_(False)
 
@@ -80,11 +88,15 @@ class EmbeddingDenoiser(nn.Module):
         return self.embed(F.embedding(x, self.source))
 
     # ---- the denoiser --------------------------------------------------------------------------
-    def forward(self, z: torch.Tensor, t: torch.Tensor, x_sc: torch.Tensor | None = None) -> torch.Tensor:
-        """z (B, L, d), t (B,) in [0, 1], x_sc (B, L, d) or None -> (B, L, d | V) float32."""
+    def forward(self, z: torch.Tensor, t: torch.Tensor, x_sc: torch.Tensor | None = None,
+                token_probs: torch.Tensor | None = None) -> torch.Tensor:
+        """z (B, L, d), t (B,) in [0, 1], x_sc (B, L, d) or None, token_probs (B, L, V) or None ->
+        (B, L, d | V) float32."""
         if x_sc is None:
             x_sc = torch.zeros_like(z)
-        h = self.in_proj(z) + self.sc_proj(x_sc)                                    # (B, L, D)
+        h = self.input_scale * (self.in_proj(z) + self.sc_proj(x_sc))               # (B, L, D)
+        if token_probs is not None:                                                 # E_p[E_v]
+            h = h + token_probs.to(self.source.dtype) @ self.source
         return self.backbone(None, 1000.0 * t, inputs_embeds=h)
 
     def num_params(self, non_embedding: bool = False) -> int:

@@ -15,14 +15,16 @@ Notation map (Chen et al. 2024, "Diffusion Forcing"; official code buoyancy99/di
 Training (``DiffusionForcingBase.training_step`` + ``Diffusion.forward``):
 
     loss = mean_{i,d} w_i · (out_{i,d} − target_{i,d})²            target ε | x0 | v (objective)
-         + λ · mean_i [min(snr_{k_i}, C)/C · −log softmax(−½‖x̂0_i − e_v‖²)_v=w_i]   (rounding)
+         + λ · mean_i [c_i · −log softmax(−½‖x̂0_i − e_v‖²)_v=w_i]   (rounding)
 
 The first term is the official loss exactly (x0 is detached, as data is in the official code: the
 MSE alone would be minimised by collapsing all embeddings to one point). The rounding term
 (λ = ``rounding_weight``) trains the embedding table and keeps it decodable: cross-entropy of the
 nearest-embedding decoder on the model's x̂0, weighted by the normalised clipped SNR, so it is
 full at low noise (where tokens are read out) and fades at pure noise, where x̂0 is a blur (and,
-for pred_noise, scaled by 1/√ᾱ).
+for pred_noise, scaled by 1/√ᾱ): c_i = min(snr_{k_i}, C)/C. With ``rounding_snr_weight: false``,
+c_i = 1: the term then also trains x̂0 at high noise, where the MSE weights (min-SNR) are ≈ 0, as
+a classifier of w_i from the context: at pure noise that is teacher forcing's next-token task.
 
 Likelihood (``nelbo``, a true upper bound, one network evaluation per draw): the generative model
 is the sampler itself with ancestral steps over S_b = ``bound_timesteps`` levels (DDPM when
@@ -65,10 +67,10 @@ from thunderdlm.processes.config import ProcessConfig
 from thunderdlm.processes.forcing_diffusion import ForcingDiffusion
 from thunderdlm.processes.base import unwrap
 from thunderdlm.processes.forcing_net import LEVEL_EMBEDDINGS, DiffusionForcingNet
-from thunderdlm.processes.forcing_sampler import ForcingSampler, budget_row, decoder_logits
+from thunderdlm.processes.forcing_sampler import ForcingSampler, budget_row
 from thunderdlm.processes.forcing_schedules import (BETA_SCHEDULES, MATRICES, OBJECTIVES,
                                                     GaussianTables, beta_schedule, real_levels,
-                                                    scheduling_matrix)
+                                                    scheduling_matrix, shift_betas)
 
 
 @dataclass
@@ -82,6 +84,18 @@ class ForcingConfig(ProcessConfig):
     sampling_timesteps: int = param(32, help="S <= T sampling levels; S = T uses DDPM steps, "
                                              "S < T DDIM steps")
     beta_schedule: str = param("cosine", help="beta schedule", choices=BETA_SCHEDULES)
+    input_scale: float = param(1.0, help="scale of the network's input (noisy vector + level "
+                                         "embedding) in the GPT's residual stream; 1 as the note. "
+                                         "The vectors have unit variance per coordinate, 50x "
+                                         "nanoGPT's 0.02-std token embeddings, so at 1 the "
+                                         "blocks' initial outputs barely move the stream and the "
+                                         "context is learned slowly; 0.02 matches the GPT's init")
+    snr_shift: float = param(1.0, help="multiply every level's SNR by this (the shifted schedule of "
+                                       "'simple diffusion'): < 1 adds noise at every level. A "
+                                       "token's identity in D-dim embeddings is settled at SNR ~ a "
+                                       "few / D, so at D = 128 most cosine levels are already clean "
+                                       "in effect; a shift moves the levels onto the range where "
+                                       "the context matters")
     objective: str = param("pred_noise", help="what the network predicts", choices=OBJECTIVES)
     snr_clip: float = param(5.0, help="C: SNR clip of the (fused) min-SNR loss weights")
     cum_snr_decay: float = param(0.95, help="d: decay of the running SNR along the sequence "
@@ -103,6 +117,17 @@ class ForcingConfig(ProcessConfig):
     rounding_weight: float = param(1.0, help="lambda: weight of the rounding cross-entropy that "
                                              "trains the embedding table (0: embeddings stay at "
                                              "their random initialisation)")
+    head: str = param("regression", choices=("regression", "softmax"),
+                      help="regression: the network's D outputs are the objective's target (the "
+                           "official code); softmax (Plaid's categorical head): they score every "
+                           "token, logits = out·e_v + the Gaussian evidence of the token's own noisy "
+                           "vector, x-hat-0 = softmax(logits)·e and tokens are drawn from those "
+                           "logits (needs objective pred_x0)")
+    rounding_snr_weight: bool = param(True, help="weight the rounding cross-entropy by the clipped "
+                                                 "SNR (min(snr, C)/C: it fades at pure noise); false "
+                                                 "weights every level 1, so x-hat-0 is also trained "
+                                                 "as a classifier of the next token from the context "
+                                                 "alone (at pure noise, teacher forcing's task)")
     decode_level: int = param(0, help="real level r at which tokens are read out of x-hat-0 (the "
                                       "last step jumps r -> clean); 0 denoises to the end as the "
                                       "official code. Needs sampling_timesteps <= T - r")
@@ -130,6 +155,8 @@ class ForcingConfig(ProcessConfig):
               f"the linear schedule's last beta is 20/T = {20 / T:.3g}, which needs timesteps > 20; "
               "use cosine or sigmoid for fewer steps")
         check(self.snr_clip > 0, "process.snr_clip", f"must be > 0, got {self.snr_clip}")
+        check(self.snr_shift > 0, "process.snr_shift", f"must be > 0, got {self.snr_shift}")
+        check(self.input_scale > 0, "process.input_scale", f"must be > 0, got {self.input_scale}")
         check(0.0 <= self.cum_snr_decay <= 1.0, "process.cum_snr_decay",
               f"must be in [0, 1], got {self.cum_snr_decay}")
         check(self.clip_noise > 0, "process.clip_noise", f"must be > 0, got {self.clip_noise}")
@@ -145,6 +172,9 @@ class ForcingConfig(ProcessConfig):
         check(self.window >= 0, "process.window", f"must be >= 0, got {self.window}")
         check(self.rounding_weight >= 0, "process.rounding_weight",
               f"must be >= 0, got {self.rounding_weight}")
+        check(self.head == "regression" or self.objective == "pred_x0", "process.head",
+              f"the softmax head predicts x0 (softmax(logits)·e); it needs objective pred_x0, "
+              f"got {self.objective!r}")
 
 
 class ForcingProcess(Process):
@@ -160,12 +190,13 @@ class ForcingProcess(Process):
         self.df = cfg.use_diffusion_forcing
         self.exact_likelihood = not self.df
         self.ar = AutoregressiveProcess(AutoregressiveConfig(), vocab_size)   # teacher forcing
-        self.tables = GaussianTables(beta_schedule(cfg.beta_schedule, cfg.timesteps), cfg.snr_clip)
+        betas = shift_betas(beta_schedule(cfg.beta_schedule, cfg.timesteps), cfg.snr_shift)
+        self.tables = GaussianTables(betas, cfg.snr_clip)
         self.diffusion = ForcingDiffusion(
             self.tables, objective=cfg.objective, clip_noise=cfg.clip_noise,
             cum_snr_decay=cfg.cum_snr_decay, fused_snr=cfg.fused_snr, ddim_eta=cfg.ddim_eta,
             stabilization_level=cfg.stabilization_level, sampling_timesteps=cfg.sampling_timesteps,
-            decode_level=cfg.decode_level, clip_x0=cfg.clip_x0)
+            decode_level=cfg.decode_level, clip_x0=cfg.clip_x0, head=cfg.head)
         self.sampler = ForcingSampler(self.diffusion, cfg.scheduling_matrix, cfg.uncertainty_scale,
                                       cfg.window, cfg.round_clean)
 
@@ -198,7 +229,8 @@ class ForcingProcess(Process):
                               "vocabulary size the GPT would tie its D x D DF head to the token "
                               "table; set model.tie_embeddings=false (it has no effect in DF mode)")
         backbone = build_model(model_cfg, self.model_vocab_size, max_seq_len, out_dim=D)
-        return DiffusionForcingNet(backbone, self.vocab_size, self.cfg.level_embedding)
+        return DiffusionForcingNet(backbone, self.vocab_size, self.cfg.level_embedding,
+                                   self.cfg.input_scale)
 
     # ---- training ------------------------------------------------------------------------------------
     def loss(self, model: nn.Module, x0: torch.Tensor) -> LossOutput:
@@ -213,13 +245,14 @@ class ForcingProcess(Process):
         eps = dif.noise(e.shape, e.device)                                      # clamped ε
         xk = dif.q_sample(e, k, eps)
         out, table = model(xk, k, return_table=True)                            # (B, L, D), (V, D)
-        pred = dif.predictions(out, xk, k)
+        pred = dif.predictions(out, xk, k, table)
         w = dif.loss_weights(k).float()                                         # (B, L)
-        mse = ((out - dif.target(e, k, eps)) ** 2 * w.unsqueeze(-1)).mean()
-        ce = F.cross_entropy(decoder_logits(pred.x0, table).transpose(1, 2), x0,
+        mse = ((pred.out - dif.target(e, k, eps)) ** 2 * w.unsqueeze(-1)).mean()
+        ce = F.cross_entropy(pred.decoder_logits(table).transpose(1, 2), x0,
                              reduction="none")                                  # (B, L)
-        ce_w = (self.tables.gather("clipped_snr", k, cfg.snr_clip) / cfg.snr_clip).float()
-        rounding = (ce * ce_w).mean()
+        if cfg.rounding_snr_weight:
+            ce = ce * (self.tables.gather("clipped_snr", k, cfg.snr_clip) / cfg.snr_clip).float()
+        rounding = ce.mean()
         loss = mse + cfg.rounding_weight * rounding
         return LossOutput(loss, {"mse": mse.item(), "round_ce": rounding.item()})
 
@@ -247,12 +280,13 @@ class ForcingProcess(Process):
         eps = torch.randn(e.shape, device=e.device, generator=generator)        # unclamped q
         state = torch.where(k_from.unsqueeze(-1) >= 0, dif.q_sample(e, k_from, eps), e)
         inp, fed = dif.network_input(state, k_from, ddpm=Sb == T - r, generator=generator)
-        pred = dif.predictions(net(inp, fed), inp, fed)
+        table = net.token_table()
+        pred = dif.predictions(net(inp, fed), inp, fed, table)
         err = ((e - pred.x0) ** 2).sum(-1).double()                             # (B, L)
         # KL(q(x_k'|x_k, x0) ‖ p_θ) with the ancestral variance = ½(snr_k' − snr_k)·‖x0 − x̂0‖²
         gain = (t.gather("snr", k_to.clamp(min=0), 0.0) - t.gather("snr", k_from.clamp(min=0), 0.0))
         kl = 0.5 * gain * err
-        dec = F.cross_entropy(decoder_logits(pred.x0, net.token_table()).transpose(1, 2), x0,
+        dec = F.cross_entropy(pred.decoder_logits(table).transpose(1, 2), x0,
                               reduction="none").double()                        # (B, L)
         moving = k_to < k_from
         term = torch.where(moving & (k_to >= 0), kl, torch.zeros_like(kl))

@@ -39,11 +39,22 @@ def _ch(t: torch.Tensor) -> torch.Tensor:
     return t.float().unsqueeze(-1)
 
 
+def decoder_logits(x0: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """(..., D), (V, D) → (..., V): −½‖x0 − e_v‖² up to a per-position constant."""
+    return x0.float() @ table.float().T - 0.5 * (table.float() ** 2).sum(-1)
+
+
 @dataclass
 class Prediction:
     eps: torch.Tensor          # (B, L, D) ε̂
     x0: torch.Tensor           # (B, L, D) x̂0
-    out: torch.Tensor          # (B, L, D) raw model output (what the MSE compares)
+    out: torch.Tensor          # (B, L, D) what the MSE compares (the raw output; softmax: x̂0)
+    logits: torch.Tensor | None = None   # (B, L, V) softmax head: the token logits behind x̂0
+
+    def decoder_logits(self, table: torch.Tensor) -> torch.Tensor:
+        """(B, L, V) logits of the token read out of this prediction: the softmax head's own, or
+        −½‖x̂0 − e_v‖² (the nearest embedding is the argmax)."""
+        return self.logits if self.logits is not None else decoder_logits(self.x0, table)
 
 
 class ForcingDiffusion:
@@ -51,8 +62,10 @@ class ForcingDiffusion:
 
     def __init__(self, tables: GaussianTables, *, objective: str, clip_noise: float,
                  cum_snr_decay: float, fused_snr: bool, ddim_eta: float, stabilization_level: int,
-                 sampling_timesteps: int, decode_level: int = 0, clip_x0: bool = False):
+                 sampling_timesteps: int, decode_level: int = 0, clip_x0: bool = False,
+                 head: str = "regression"):
         self.tables, self.objective, self.clip_noise = tables, objective, clip_noise
+        self.head = head
         self.cum_snr_decay, self.fused_snr, self.ddim_eta = cum_snr_decay, fused_snr, ddim_eta
         self.stabilization_level, self.decode_level = stabilization_level, decode_level
         self.clip_x0 = clip_x0
@@ -67,8 +80,14 @@ class ForcingDiffusion:
         ab = self.tables.alpha_bar(level)                                      # (B, L)
         return _ch(ab.sqrt()) * x0 + _ch((1.0 - ab).sqrt()) * noise
 
-    def predictions(self, out: torch.Tensor, x: torch.Tensor, level: torch.Tensor) -> Prediction:
+    def predictions(self, out: torch.Tensor, x: torch.Tensor, level: torch.Tensor,
+                    table: torch.Tensor | None = None) -> Prediction:
         """(ε̂, x̂0) from the model output at levels (B, L); at level −1 x̂0 = x, ε̂ = 0.
+
+        ``head="softmax"`` (needs ``table``, the (V, D) clean embeddings, and pred_x0): the output
+        scores every token, ``logits_v = out·e_v + log N(x_k; √ᾱ_k e_v, (1 − ᾱ_k) I)`` (Plaid's
+        output prior: the token's own noisy vector's evidence, exact as k → 0, which the network
+        corrects from the context), and x̂0 = softmax(logits)·e, the posterior mean of e(w_i).
 
         With ``clip_x0``, x̂0 is scaled into the ball ‖x̂0‖ ≤ √D that holds every clean embedding
         (and so every posterior mean of one; DDPM's ``clip_denoised`` for this space) and ε̂ is
@@ -79,6 +98,15 @@ class ForcingDiffusion:
         recip = _ch(ab.rsqrt())                                                 # 1/√ᾱ
         recipm1 = _ch((1.0 / ab - 1.0).sqrt())                                  # √(1/ᾱ − 1)
         safe = torch.where(clean > 0, torch.ones_like(recipm1), recipm1)
+        logits = None
+        if self.head == "softmax":
+            tab = table.float()
+            a = _ch(torch.where(level < 0, torch.zeros_like(ab), ab))        # clean: no prior needed
+            prior = (a.sqrt() * (x.float() @ tab.T) - 0.5 * a * (tab ** 2).sum(-1)) / (1.0 - a)
+            logits = out.float() @ tab.T + prior                               # (B, L, V)
+            x0 = torch.where(clean > 0, x, torch.softmax(logits, dim=-1) @ tab)
+            eps = torch.where(clean > 0, torch.zeros_like(x0), (recip * x - x0) / safe)
+            return Prediction(eps, x0, x0, logits)
         if self.objective == "pred_noise":
             eps = out.clamp(-self.clip_noise, self.clip_noise)
             x0 = recip * x - recipm1 * eps
@@ -124,11 +152,12 @@ class ForcingDiffusion:
         return torch.where(_ch(clean) > 0, noised, x), fed
 
     def sample_step(self, net, x: torch.Tensor, real_from: torch.Tensor, real_to: torch.Tensor,
-                    generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+                    generator=None, return_prediction: bool = False):
         """One step of a window x (B, W, D) from real levels ``real_from`` to ``real_to`` (B, W).
 
-        Returns (x_next, x̂0), both (B, W, D); columns with from = to are returned unchanged, and
-        columns reaching −1 (clean) get x̂0 (what both DDPM at level 0 and DDIM to −1 give).
+        Returns (x_next, x̂0), both (B, W, D) — or (x_next, the whole ``Prediction``) with
+        ``return_prediction``; columns with from = to are returned unchanged, and columns reaching
+        −1 (clean) get x̂0 (what both DDPM at level 0 and DDIM to −1 give).
         """
         moving = real_to < real_from
         if bool((real_to > real_from).any()):
@@ -137,7 +166,8 @@ class ForcingDiffusion:
         ddpm = (self.S == self.T - self.decode_level
                 and bool((real_from[noisy_next] - 1 == real_to[noisy_next]).all()))
         inp, fed = self.network_input(x, real_from, ddpm, generator)
-        pred = self.predictions(net(inp, fed), inp, fed)
+        table = net.token_table() if self.head == "softmax" else None
+        pred = self.predictions(net(inp, fed), inp, fed, table)
         z = self.noise(x.shape, x.device, generator)
         if ddpm:
             k = real_from.clamp(min=0)
@@ -156,4 +186,5 @@ class ForcingDiffusion:
             c = (1 - a_next - sigma ** 2).clamp(min=0).sqrt()
             x_new = _ch(a_next.sqrt()) * pred.x0 + _ch(c) * pred.eps + _ch(sigma) * z
         x_new = torch.where(_ch(moving & (real_to < 0)) > 0, pred.x0, x_new)
-        return torch.where(_ch(moving) > 0, x_new, x), pred.x0
+        x_new = torch.where(_ch(moving) > 0, x_new, x)
+        return (x_new, pred) if return_prediction else (x_new, pred.x0)

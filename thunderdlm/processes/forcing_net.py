@@ -6,9 +6,13 @@
                                                LayerNorm, so every token has norm ≈ √D (unit
                                                variance per coordinate, the scale the Gaussian
                                                schedule assumes) whatever the scale of wte
-    h_in   = x_k + SinusoidalPosEmb_D(k)       level embedding "sinusoidal" (the note: added), or
-           = MLP([x_k, SinusoidalPosEmb_{D/2}(k)])  level embedding "mlp" (the official
-                                               Transformer's concat + Linear-ReLU-Linear)
+    h_in   = c·(x_k + SinusoidalPosEmb_D(k))   level embedding "sinusoidal" (the note: added), or
+           = c·MLP([x_k, SinusoidalPosEmb_{D/2}(k)])  level embedding "mlp" (the official
+                                               Transformer's concat + Linear-ReLU-Linear);
+                                               c = ``input_scale`` (1 in the note: x_k has unit
+                                               variance per coordinate, 50× nanoGPT's 0.02-std
+                                               token embeddings, so the blocks' small initial
+                                               outputs barely move the residual stream)
     out    = df_head(ln_f(GPT blocks(h_in + wpe)))  (B, L, D), causal attention
 
 Shared with teacher forcing: ``wte`` (V + 1 rows: the AR process's BOS row stays, unused here),
@@ -57,7 +61,8 @@ class SinusoidalPosEmb(nn.Module):
 class DiffusionForcingNet(nn.Module):
     """Causal GPT + noise-level embedding + embedding-space head; see the module docstring."""
 
-    def __init__(self, backbone: Backbone, vocab_size: int, level_embedding: str = "sinusoidal"):
+    def __init__(self, backbone: Backbone, vocab_size: int, level_embedding: str = "sinusoidal",
+                 input_scale: float = 1.0):
         super().__init__()
         D = backbone.n_embd
         if backbone.out_dim != D:
@@ -71,6 +76,7 @@ class DiffusionForcingNet(nn.Module):
                              f"choose one of {list(LEVEL_EMBEDDINGS)}")
         self.backbone = backbone
         self.vocab_size = vocab_size            # tokens that can be decoded (no BOS)
+        self.input_scale = input_scale
         self.level_embedding = level_embedding
         if level_embedding == "sinusoidal":
             self.level_embed = SinusoidalPosEmb(D)
@@ -112,6 +118,8 @@ class DiffusionForcingNet(nn.Module):
             h = x + self.level_embed(k)                                         # (B, L, D)
         else:
             h = self.level_mlp(torch.cat([x, self.level_embed(k).to(x.dtype)], dim=-1))
+        if self.input_scale != 1.0:
+            h = h * self.input_scale
         out = self.backbone(None, k, causal=True, inputs_embeds=h)              # (B, L, D)
         if return_table:
             return out, self.token_table()

@@ -34,14 +34,9 @@ import torch
 
 from thunderdlm.errors import SamplingError
 from thunderdlm.processes.base import SampleOptions
-from thunderdlm.processes.forcing_diffusion import ForcingDiffusion
+from thunderdlm.processes.forcing_diffusion import ForcingDiffusion, decoder_logits  # noqa: F401 (API)
 from thunderdlm.processes.forcing_schedules import real_levels, scheduling_matrix
 from thunderdlm.sampling.categorical import draw_tokens
-
-
-def decoder_logits(x0: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """(..., D), (V, D) → (..., V): −½‖x0 − e_v‖² up to a per-position constant."""
-    return x0.float() @ table.float().T - 0.5 * (table.float() ** 2).sum(-1)
 
 
 def nearest_tokens(x0: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -122,12 +117,15 @@ class ForcingSampler:
             return 0
         real = self.real.to(src.device)
         real_from, real_to = real[src], real[dst]                             # (B, W)
-        x_new, x0_hat = self.diffusion.sample_step(net, w.x, real_from, real_to, generator)
+        x_new, pred = self.diffusion.sample_step(net, w.x, real_from, real_to, generator,
+                                                 return_prediction=True)
+        x0_hat = pred.x0
         table = net.token_table()                                             # (V, D)
         off = w.lo - w.start
         done = ((real_to < 0) & (real_from >= 0))[:, off:] & w.gen            # (B, H) now clean
         if bool(done.any()):
-            logits = decoder_logits(x_new[:, off:], table)                    # (B, H, V)
+            # a column reaching clean holds x̂0 (x_new = pred.x0 there): read its token out
+            logits = pred.decoder_logits(table)[:, off:]                      # (B, H, V)
             drawn = draw_tokens(logits, options.temperature, options.top_k, options.top_p,
                                 generator)
             w.tokens = torch.where(done, drawn, w.tokens)

@@ -69,6 +69,19 @@ def beta_schedule(name: str, T: int) -> torch.Tensor:
     raise ValueError(f"unknown beta schedule {name!r}; choose one of {list(BETA_SCHEDULES)}")
 
 
+def shift_betas(betas: torch.Tensor, shift: float) -> torch.Tensor:
+    """The schedule with every level's SNR multiplied by ``shift`` (Hoogeboom et al. 2023, "simple
+    diffusion": logit ᾱ'_k = logit ᾱ_k + log shift, so SNR'_k = shift · SNR_k), back as betas
+    β'_k = 1 − ᾱ'_k / ᾱ'_{k−1} (ᾱ'_{−1} = 1). Monotone, so every β' is in (0, 1); shift 1 returns
+    the betas unchanged."""
+    if shift == 1.0:
+        return betas
+    ab = torch.cumprod(1.0 - betas.double(), dim=0)
+    ab = torch.sigmoid(torch.logit(ab) + math.log(shift))
+    prev = F.pad(ab[:-1], (1, 0), value=1.0)
+    return (1.0 - ab / prev).to(betas.dtype)
+
+
 # ---- Gaussian tables -----------------------------------------------------------------------------------
 
 class GaussianTables:
