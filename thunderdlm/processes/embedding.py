@@ -56,7 +56,8 @@ from thunderdlm.errors import ConfigError
 from thunderdlm.processes.base import LossOutput, Process, StepContext, StepOutput, unwrap
 from thunderdlm.processes.config import ProcessConfig
 from thunderdlm.processes.embedding_net import EmbeddingDenoiser
-from thunderdlm.processes.gaussian_schedules import GAUSSIAN_SCHEDULES, build_gaussian_schedule
+from thunderdlm.processes.gaussian_schedules import (GAUSSIAN_SCHEDULES, build_gaussian_schedule,
+                                                      token_evidence)
 from thunderdlm.processes.masked import stratified_times
 
 
@@ -236,9 +237,9 @@ class EmbeddingProcess(Process):
 
     @staticmethod
     def prior_logits(z: torch.Tensor, a: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """log N(z; √ᾱ e_v, (1 − ᾱ) I) up to a constant in v: (B, L, V), the exact posterior of each
-        position's token given its own z_t alone, under a uniform prior; z (B, L, d), a (B, 1, 1)."""
-        return (a.sqrt() * (z @ e.T) - 0.5 * a * e.square().sum(-1)) / (1 - a)
+        """(B, L, V): the exact posterior logits of each position's token given its own z_t alone
+        (``gaussian_schedules.token_evidence``); z (B, L, d), a (B, 1, 1)."""
+        return token_evidence(z, a, e)
 
     def rounding_logits(self, net: EmbeddingDenoiser, x0_hat: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """(B, L, V) logits of the tokens given latents x0_hat (B, L, d)."""

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from thunderdlm.processes.forcing_schedules import GaussianTables, loss_weights
+from thunderdlm.processes.gaussian_schedules import token_evidence
 
 
 def _ch(t: torch.Tensor) -> torch.Tensor:
@@ -102,8 +103,7 @@ class ForcingDiffusion:
         if self.head == "softmax":
             tab = table.float()
             a = _ch(torch.where(level < 0, torch.zeros_like(ab), ab))        # clean: no prior needed
-            prior = (a.sqrt() * (x.float() @ tab.T) - 0.5 * a * (tab ** 2).sum(-1)) / (1.0 - a)
-            logits = out.float() @ tab.T + prior                               # (B, L, V)
+            logits = out.float() @ tab.T + token_evidence(x, a, tab)           # (B, L, V)
             x0 = torch.where(clean > 0, x, torch.softmax(logits, dim=-1) @ tab)
             eps = torch.where(clean > 0, torch.zeros_like(x0), (recip * x - x0) / safe)
             return Prediction(eps, x0, x0, logits)

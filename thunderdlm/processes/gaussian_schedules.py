@@ -112,3 +112,11 @@ GAUSSIAN_SCHEDULES: dict[str, type[GaussianSchedule]] = {
 
 def build_gaussian_schedule(name: str) -> GaussianSchedule:
     return GAUSSIAN_SCHEDULES[name]()
+
+
+def token_evidence(z: torch.Tensor, a: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """log N(z; √ᾱ e_v, (1 − ᾱ) I) up to a constant in v: (..., V) logits of each position's token
+    given its own noisy vector alone, under a uniform prior (Plaid's output prior). z (..., d),
+    a = ᾱ broadcastable to (..., 1) with ᾱ < 1, e (V, d) the clean vocabulary vectors."""
+    e = e.float()
+    return (a.sqrt() * (z.float() @ e.T) - 0.5 * a * e.square().sum(-1)) / (1.0 - a)
