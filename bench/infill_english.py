@@ -20,18 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import thunderdlm
 from thunderdlm.data import TokenData
 from thunderdlm.evaluate import evaluate_spans
-
-WORD = re.compile(r"[A-Za-z']+")
-
-
-def words(text: str) -> list[str]:
-    return [w.strip("'").lower() for w in WORD.findall(text) if w.strip("'")]
+from thunderdlm.sample_metrics import real_word_fraction, words
 
 
 def main() -> None:
@@ -53,13 +47,11 @@ def main() -> None:
         known = set(words(lm.tokenizer.decode(data.split("train").tolist())))
         r = evaluate_spans(lm, args.n, mode=args.mode, context=context, span=span, steps=span,
                            seed=args.seed)
-        gen = [w for text in r["generated"] for w in words(text)]
-        ref = [w for text in r["references"] for w in words(text)]
+        gen_frac, n_gen = real_word_fraction(r["generated"], known)
         rows[Path(run).name] = {
             "run": str(run), "tokens": {"context": context, "span": span, "chars_per_token": cpt},
-            "real_word_fraction": sum(w in known for w in gen) / max(len(gen), 1),
-            "words_generated": len(gen),
-            "real_word_fraction_of_reference": sum(w in known for w in ref) / max(len(ref), 1),
+            "real_word_fraction": gen_frac, "words_generated": n_gen,
+            "real_word_fraction_of_reference": real_word_fraction(r["references"], known)[0],
             "bleu": r["bleu"]["score"], "exact_match_chars": r["exact_match_chars"],
             "examples": r["examples"][:4]}
         print(Path(run).name, {k: v for k, v in rows[Path(run).name].items()

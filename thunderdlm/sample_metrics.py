@@ -20,12 +20,17 @@ compare directly:
 A value that is undefined (no characters, no n-gram of that order in any text) is ``nan``, not 0,
 so that "nothing to measure" cannot pass for "perfectly repetitive".
 
+``real_word_fraction`` is the share of the words (``[A-Za-z']+``, lower-cased) of some texts that
+occur in a vocabulary, e.g. the training text's: a tokenizer-independent "is it English /
+Shakespeare's vocabulary" check of generated text.
+
 ``bleu`` wraps sacrebleu's corpus BLEU (13a tokenisation, exponential smoothing): 100 for identical
 text, about 0 for text sharing no n-gram with the references.
 """
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from typing import Iterable, Sequence
 
@@ -88,6 +93,20 @@ def sample_metrics(texts: list[str]) -> dict[str, float]:
     out["repetition_rate"] = repetition_rate(word_lists, MAX_N)
     out["mean_length_chars"] = sum(len(t) for t in texts) / len(texts)
     return out
+
+
+_WORD = re.compile(r"[A-Za-z']+")
+
+
+def words(text: str) -> list[str]:
+    """The lower-cased words of ``text`` (runs of letters and apostrophes, apostrophes stripped)."""
+    return [w.strip("'").lower() for w in _WORD.findall(text) if w.strip("'")]
+
+
+def real_word_fraction(texts: list[str], vocabulary: set[str]) -> tuple[float, int]:
+    """(share of the words of ``texts`` found in ``vocabulary``, number of words); nan if none."""
+    found = [w in vocabulary for text in texts for w in words(text)]
+    return (sum(found) / len(found) if found else NAN), len(found)
 
 
 def bleu(hypotheses: list[str], references: list[str] | list[list[str]], *,

@@ -1,6 +1,7 @@
 """`thunderdlm bench`: suite validation before training, the manifest, and the tiny suite end to end
 (train → measure → results.json / results.md / plots, then reuse, --force, resume)."""
 import json
+import math
 import random
 from pathlib import Path
 
@@ -253,3 +254,56 @@ def test_partial_run_resumes_to_a_larger_budget(tmp_path, data_dir):
         suite, src = load_suite("tiny", [f"data.dir={data_dir}", "budget.steps=3"])
         from thunderdlm.bench import run_suite
         run_suite(plan_suite(suite, src, out=tmp_path / "o"), only=["ar_gpt"], log=lambda s: None)
+
+
+# ---- prompted continuations ----------------------------------------------------------------------
+
+class _UniformCharJudge:
+    """A judge stand-in that scores every character log V: nats(text) = len(text)·log V."""
+
+    def __init__(self, V=30):
+        self.V = V
+
+    def score(self, texts):
+        import math
+        from thunderdlm.judges.base import JudgeScore
+
+        per = [{"nats": len(t) * math.log(self.V), "chars": len(t), "tokens": len(t)} for t in texts]
+        total = sum(p["nats"] for p in per)
+        chars = sum(len(t) for t in texts)
+        return JudgeScore(total / chars, total / chars, chars, chars, per)
+
+
+def test_conditional_nll_is_the_continuations_share_of_the_joint_nats():
+    import math
+    from thunderdlm.bench.measure import conditional_nll
+
+    out = conditional_nll(_UniformCharJudge(30), ["abc", "hello there"], ["de", "world!"])
+    assert out["chars"] == 8 and out["nats_per_char"] == pytest.approx(math.log(30))
+
+
+def test_forcing_vs_teacher_suite_reports_continuations_side_by_side(tmp_path, data_dir):
+    """Diffusion forcing and its teacher-forcing switch on one tiny GPT, with continuations: every
+    method continues the same held-out prompts; the report tabulates and shows them together."""
+    tiny = "[model.n_layer=1, model.n_head=2, model.n_embd=24, process.sampling_timesteps=4, process.timesteps=8, process.decode_level=0]"
+    methods = (f"  - {{name: tf, preset: shakespeare_char_df, overrides: {tiny[:-1]}, process.use_diffusion_forcing=false]}}\n"
+               f"  - {{name: df, preset: shakespeare_char_df, overrides: {tiny}}}")
+    extra = "continuations: {n: 3, context: 12, span: 6, steps: 6, batch_size: 2, examples: 2}\neval: {windows: 4, t_samples: 1}"
+    path = write_suite(tmp_path, suite_yaml(data_dir, methods, extra))
+    out = tmp_path / "out"
+    assert main(["bench", str(path), "--out", str(out), "--quiet"]) == 0
+    res = load_results(out)
+    tf, df = res.method("tf"), res.method("df")
+    assert tf["likelihood"]["exact"] and not df["likelihood"]["exact"]
+    for m in (tf, df):
+        c = m["continuations"]
+        assert (c["n"], c["context"], c["span"]) == (3, 12, 6) and c["sampling_tokens_per_s"] > 0
+        assert 0 <= c["bleu"] <= 100 and 0 <= c["exact_match_chars"] <= 1
+        assert 0 <= c["real_word_fraction"] <= 1 or math.isnan(c["real_word_fraction"])
+        assert len(c["examples"]) == 2 and all(len(e["prompt"]) == 12 for e in c["examples"])
+    assert tf["continuations"]["nfe"] == 6                           # AR: one evaluation per token
+    assert [e["prompt"] for e in tf["continuations"]["examples"]] == \
+           [e["prompt"] for e in df["continuations"]["examples"]]     # the same prompts for both
+    md = (out / "results.md").read_text()
+    assert "## Prompted continuations" in md and "| tf |" in md and "| df |" in md
+    assert "(the real continuation)" in md and "**Prompt 2**" in md and "*df:*" in md

@@ -118,6 +118,43 @@ def test_rounding_weight_by_snr_or_flat():
     assert losses[False]["round_ce"] == pytest.approx(ce.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("fraction, stabilization", [(0.0, 0), (0.5, 0), (1.0, 3)])
+def test_loss_is_the_official_mean_over_noisy_tokens_of_random_or_sampler_states(fraction, stabilization):
+    """schedule_fraction = 0 draws i.i.d. levels and gives the official loss, mean_{i,d} w·(out −
+    target)²; with a fraction > 0 the first rows hold sampler states, whose clean context (−1) is
+    fed as the sampler feeds it (stabilization) and carries no loss: both terms are means over the
+    noisy tokens only."""
+    B = 4
+    p, net = setup(objective="pred_x0", schedule_fraction=fraction, stabilization_level=stabilization,
+                   timesteps=8, sampling_timesteps=8, rounding_snr_weight=False)
+    perturb(net)
+    w = torch.randint(0, V, (B, L))
+    torch.manual_seed(7)
+    got = p.loss(net, w).metrics
+    torch.manual_seed(7)
+    dif = p.diffusion
+    k = p.training_levels(B, L, w.device)
+    n_sched = round(fraction * B)
+    assert (k[n_sched:] >= 0).all() and (fraction == 0 or (k[:n_sched] < 0).any())
+    e = net.embed(w)
+    eps = dif.noise(e.shape, e.device)
+    xk = dif.q_sample(e, k, eps)
+    inp, fed = dif.network_input(xk, k, ddpm=True)
+    out, table = net(inp, fed, return_table=True)
+    pred = dif.predictions(out, inp, fed, table)
+    noisy = k >= 0
+    wt = dif.loss_weights(k).float()
+    sq = ((pred.out - e) ** 2 * wt.unsqueeze(-1))[noisy]               # (n_noisy, D)
+    ce = torch.nn.functional.cross_entropy(pred.decoder_logits(table)[noisy], w[noisy])
+    assert got["mse"] == pytest.approx(sq.mean().item(), rel=1e-5)
+    assert got["round_ce"] == pytest.approx(ce.item(), rel=1e-5)
+    if fraction == 0:                                                  # the official plain mean
+        official = ((pred.out - e) ** 2 * wt.unsqueeze(-1)).mean()
+        assert got["mse"] == pytest.approx(official.item(), rel=1e-5)
+    if stabilization:                                                  # context fed at level s − 1
+        assert (fed[~noisy] == stabilization - 1).all()
+
+
 def test_the_softmax_head_scores_tokens_and_predicts_their_posterior_mean():
     """head=softmax: logits = out·e_v + log N(x_k; √ᾱ e_v, (1 − ᾱ) I); x̂0 = softmax(logits)·e lies in
     the embeddings' hull; with out = 0 the logits are the token's own evidence, which decodes it at
@@ -211,7 +248,9 @@ def test_a_perfect_denoiser_has_zero_diffusion_loss_and_a_bound_at_the_prior(obj
     (6, 2, 2, "pyramid", "regression"),        # η = 1 jumps, decode at 2
     (4, 4, 0, "full_sequence", "regression"),
     (3, 3, 0, "pyramid", "softmax"),           # the categorical head: tokens from its own logits
-    (6, 2, 2, "pyramid", "softmax")])
+    (6, 2, 2, "pyramid", "softmax"),
+    (6, 1, 0, "autoregressive", "softmax"),    # one jump per token: next-token sampling
+    (6, 1, 2, "autoregressive", "regression")])
 def test_nelbo_is_a_valid_bound_on_the_sampler_it_describes(T, S, decode_level, matrix, head):
     """Tiny case (V = 3, L = 2, D = 4): the bound averaged over many draws must lie above −log p(w)
     of the sampler it describes (ancestral steps, rounding, temperature 1, unclamped noise),
@@ -438,6 +477,8 @@ def test_config_errors_name_the_field():
         ForcingConfig(timesteps=10, sampling_timesteps=10, beta_schedule="linear")
     with pytest.raises(ConfigError, match="process.stabilization_level"):
         ForcingConfig(stabilization_level=40)
+    with pytest.raises(ConfigError, match="process.schedule_fraction"):
+        ForcingConfig(schedule_fraction=1.5)
     p = ForcingProcess(ForcingConfig(), V)
     with pytest.raises(ConfigError, match="model.name"):
         p.build_network(ModelConfig(name="ddit"), L)

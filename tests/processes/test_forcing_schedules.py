@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from thunderdlm.processes.forcing_schedules import (GaussianTables, beta_schedule, loss_weights, shift_betas,
-                                                    real_levels, scheduling_matrix,
+                                                    real_levels, sampler_states, scheduling_matrix,
                                                     trapezoid_matrix)
 
 OBJECTIVES = ["pred_noise", "pred_x0", "pred_v"]
@@ -201,6 +201,38 @@ def test_official_trapezoid_quirk_is_reproduced_and_our_deviation_is_the_symmetr
     # odd H: the official matrix writes every column; ours agrees wherever the official starts at S
     off5, ours5 = trapezoid_matrix(5, 3, 1.0, official=True), scheduling_matrix("trapezoid", 5, 3, 1.0).numpy()
     assert (off5[:, 2] == ours5[: off5.shape[0], 2]).all() and (off5[:, 2][0] == 3)
+
+
+@pytest.mark.parametrize("kind, u", [("pyramid", 1.0), ("autoregressive", 1.0), ("full_sequence", 1.0),
+                                     ("trapezoid", 2.0), ("pyramid", 0.5)])
+def test_sampler_states_are_rows_the_sampler_feeds_and_cover_all_of_them(kind, u):
+    """Every drawn row is real[M[m]] over the horizon after some prompt length c, with the prompt
+    clean (−1) and m one of the rows the network is evaluated at (never the all-clean last row);
+    over many draws every such (c, m) state turns up."""
+    L, S, T = 5, 3, 8
+    real = real_levels(S, T)
+    states = {}
+    for c in range(L):
+        M = scheduling_matrix(kind, L - c, S, u)
+        for m in range(M.shape[0] - 1):
+            row = torch.cat([torch.full((c,), -1), real[M[m]]])
+            states.setdefault(tuple(row.tolist()), (c, m))
+    drawn = sampler_states(kind, 4000, L, S, u, real, torch.Generator().manual_seed(0))
+    assert drawn.shape == (4000, L) and drawn.dtype == torch.long
+    seen = {tuple(r) for r in drawn.tolist()}
+    assert seen <= set(states), seen - set(states)
+    assert seen == set(states)
+    assert (drawn >= 0).any(dim=1).all(), "every state has a column still to denoise"
+
+
+def test_autoregressive_states_have_a_clean_prefix_and_one_moving_token():
+    real = real_levels(4, 16)
+    drawn = sampler_states("autoregressive", 500, 12, 4, 1.0, real, torch.Generator().manual_seed(1))
+    for row in drawn.tolist():
+        inside = [k for k in row if 0 <= k < 15]                # neither clean nor pure noise
+        assert len(inside) <= 1
+        first_noisy = next(i for i, k in enumerate(row) if k >= 0)
+        assert all(k == -1 for k in row[:first_noisy]) and all(k >= 0 for k in row[first_noisy:])
 
 
 def test_unknown_matrix_is_an_error():

@@ -4,6 +4,10 @@
 - likelihood: the validation NLL bound (exact for AR) in nats/char ± its standard error;
 - samples, at every step count of the suite: sample metrics (entropies, distinct-n, repetition),
   the judges' NLL per character and per judge token, sampling tokens/s and the NFE actually made;
+- prompted continuations (when the suite asks for them): the same held-out windows continued by
+  every method — BLEU and exact characters against the real continuation, the share of real
+  (training-text) words, each judge's NLL of the continuation *given the prompt* (nats of prompt +
+  continuation minus nats of the prompt, per character of continuation), sampling tokens/s, NFE;
 - the validation curve logged during training (bound vs training wall time), for the plots.
 
 Per-character figures divide by the validation split's characters per token, so char- and
@@ -44,6 +48,11 @@ def measure_run(run_dir: Path, suite: Suite, judges: dict[str, Any],
         judged = ", ".join(f"{name} {j['nats_per_char']:.3f} nats/char" for name, j in row["judges"].items())
         log(f"  {steps} steps: nfe {row['nfe']}, {row['sampling_tokens_per_s']:,.0f} tok/s, unigram entropy "
             f"{row['metrics']['unigram_entropy']:.3f}" + (f", judge {judged}" if judged else ""))
+    if suite.continuations.n:
+        record["continuations"] = measure_continuations(lm, suite, judges)
+        c = record["continuations"]
+        log(f"  continuations: BLEU {c['bleu']:.2f}, real words {c['real_word_fraction']:.3f}, "
+            f"{c['sampling_tokens_per_s']:,.0f} tok/s, nfe {c['nfe']}")
     record["curve"] = validation_curve(run_dir)
     return record
 
@@ -75,6 +84,46 @@ def measure_samples(lm, steps: int, suite: Suite, judges: dict[str, Any]) -> dic
                            seed=suite.seed, batch_size=s.batch_size)
     texts = res.pop("texts", [])
     return {**res, "examples": texts[:EXAMPLES_KEPT]}
+
+
+def measure_continuations(lm, suite: Suite, judges: dict[str, Any]) -> dict:
+    """Prompted continuations of ``continuations.n`` held-out windows (``evaluate_spans``, mode
+    continue), scored against the real text, the training vocabulary and the judges."""
+    from thunderdlm.data import TokenData
+    from thunderdlm.evaluate import evaluate_spans
+    from thunderdlm.sample_metrics import real_word_fraction, words
+
+    c = suite.continuations
+    t0 = time.perf_counter()
+    res = evaluate_spans(lm, c.n, mode="continue", context=c.context, span=c.span, steps=c.steps,
+                         seed=suite.seed, batch_size=c.batch_size)
+    seconds = time.perf_counter() - t0
+    data = TokenData(lm.cfg.data.dir)
+    vocabulary = set(words(lm.tokenizer.decode(data.split("train").tolist())))
+    frac, n_words = real_word_fraction(res["generated"], vocabulary)
+    prompts = [lm.tokenizer.decode(data.split("val")[o:o + c.context].tolist()) for o in res["offsets"]]
+    record = {"n": c.n, "context": c.context, "span": c.span, "steps": c.steps, "nfe": res["nfe"],
+              "seconds": seconds, "sampling_tokens_per_s": c.n * c.span / seconds,
+              "bleu": res["bleu"]["score"], "exact_match_chars": res["exact_match_chars"],
+              "real_word_fraction": frac, "words": n_words,
+              "real_word_fraction_of_reference": real_word_fraction(res["references"], vocabulary)[0],
+              "judges": {name: conditional_nll(judge, prompts, res["generated"])
+                         for name, judge in judges.items()},
+              "reference_judges": {name: conditional_nll(judge, prompts, res["references"])
+                                   for name, judge in judges.items()},
+              "examples": [{"prompt": p, "reference": r, "generated": g} for p, r, g in
+                           zip(prompts, res["references"], res["generated"])][:c.examples]}
+    return record
+
+
+def conditional_nll(judge, prompts: list[str], continuations: list[str]) -> dict:
+    """A judge's NLL of each continuation given its prompt, per character of continuation:
+    Σ (nats(prompt + continuation) − nats(prompt)) / Σ len(continuation)."""
+    both = judge.score([p + t for p, t in zip(prompts, continuations)])
+    alone = judge.score(prompts)
+    nats = sum(b["nats"] - a["nats"] for b, a in zip(both.per_text, alone.per_text))
+    chars = sum(len(t) for t in continuations)
+    return {"nats_per_char": nats / chars if chars else float("nan"), "chars": chars}
 
 
 def validation_curve(run_dir: Path) -> list[dict]:

@@ -1,6 +1,7 @@
 """Human-readable views of :class:`BenchResults`: a markdown report and two PNG plots.
 
 - ``results.md``: the summary table (one row per method), the per-step-count sample table, the
+  prompted-continuation table with continuations side by side (when the suite measured them), the
   fairness warnings, the manifest in one paragraph, and the plots;
 - ``bound_vs_time.png``: validation nats/char vs training wall time per method (the trainer's
   periodic evaluations, and the final full evaluation ± standard error as a marker);
@@ -97,6 +98,47 @@ def samples_table(results: BenchResults) -> str:
     return "\n".join(lines)
 
 
+def continuations_table(results: BenchResults) -> str:
+    """One row per method that wrote prompted continuations: speed, BLEU, words, judge NLL."""
+    rows = [r for r in results.methods if r.get("continuations")]
+    judges = list(dict.fromkeys(j for r in rows for j in r["continuations"]["judges"]))
+    head = ["method", "NFE", "tok/s", "BLEU", "exact chars", "real words"]
+    head += [f"{j} NLL/char given the prompt" for j in judges]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        c = r["continuations"]
+        row = [r["name"], str(c["nfe"]), _num(c["sampling_tokens_per_s"], ",.0f"), _num(c["bleu"], ".2f"),
+               _num(c["exact_match_chars"], ".3f"), _num(c["real_word_fraction"], ".3f")]
+        row += [_num(c["judges"].get(j, {}).get("nats_per_char"), ".3f") for j in judges]
+        lines.append("| " + " | ".join(row) + " |")
+    ref = rows[0]["continuations"] if rows else None
+    if ref is not None:
+        row = ["(the real continuation)", "–", "–", "100", "1", _num(ref["real_word_fraction_of_reference"], ".3f")]
+        row += [_num(ref.get("reference_judges", {}).get(j, {}).get("nats_per_char"), ".3f") for j in judges]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _quote(text: str) -> str:
+    return "\n".join("> " + (line or " ") for line in text.split("\n"))
+
+
+def side_by_side(results: BenchResults) -> str:
+    """The first continuations of every method under the prompt they continue."""
+    rows = [r for r in results.methods if r.get("continuations")]
+    if not rows:
+        return ""
+    parts = []
+    for i, ex in enumerate(rows[0]["continuations"]["examples"]):
+        parts += [f"**Prompt {i + 1}** (last 160 characters):", "", _quote(ex["prompt"][-160:]), "",
+                  "*real continuation:*", "", _quote(ex["reference"]), ""]
+        for r in rows:
+            examples = r["continuations"]["examples"]
+            if i < len(examples):
+                parts += [f"*{r['name']}:*", "", _quote(examples[i]["generated"]), ""]
+    return "\n".join(parts)
+
+
 def manifest_line(results: BenchResults) -> str:
     m, hw = results.manifest, results.manifest.hardware
     commit = (m.git_commit[:12] + (" (uncommitted changes)" if m.git_dirty else "")) if m.git_commit else "not in git"
@@ -120,6 +162,15 @@ def markdown_report(results: BenchResults) -> str:
         parts += ["No method has been measured yet.", ""]
     else:
         parts += [summary_table(results), "", "## Samples by step count", "", samples_table(results), ""]
+    if any(r.get("continuations") for r in results.methods):
+        c = suite.get("continuations", {})
+        parts += ["## Prompted continuations", "",
+                  f"{c.get('n')} held-out validation windows: {c.get('context')} tokens of prompt, "
+                  f"{c.get('span')} generated with {c.get('steps')} reverse steps and compared with "
+                  "the real continuation (BLEU: sacrebleu 13a; exact chars: position-wise match; real "
+                  "words: the share of generated words found in the training text; judge NLL: of the "
+                  "continuation given the prompt, per character).", "",
+                  continuations_table(results), "", "### Side by side", "", side_by_side(results), ""]
     if not judge_names(results):
         parts += ["No judge model in this suite: sample quality is shown by unigram entropy only.", ""]
     if results.warnings:

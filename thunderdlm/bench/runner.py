@@ -158,7 +158,9 @@ def measurement_settings(plan: SuitePlan, m: PlannedMethod) -> dict:
     state = ck.read_state(ckpt)
     return {"config": m.cfg.to_dict(), "checkpoint": ckpt.name, "step": state["step"],
             "train_seconds": state["train_seconds"], "eval": to_dict(plan.suite.eval),
-            "sampling": to_dict(plan.suite.sampling), "judges": list(plan.suite.judges),
+            "sampling": to_dict(plan.suite.sampling),
+            **({"continuations": to_dict(plan.suite.continuations)} if plan.suite.continuations.n else {}),
+            "judges": list(plan.suite.judges),
             "seed": plan.suite.seed}
 
 

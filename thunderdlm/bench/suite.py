@@ -112,6 +112,24 @@ class SamplingSettings:
 
 
 @dataclass
+class ContinuationSettings:
+    n: int = param(0, help="held-out validation windows whose prompted continuation every method "
+                           "writes (0 = no continuation measurements)")
+    context: int = param(128, help="prompt tokens given (the start of each window)")
+    span: int = param(64, help="tokens generated after the prompt (compared with the real ones)")
+    steps: int = param(64, help="reverse steps for the span (an AR sampler always needs `span`)")
+    batch_size: int = param(64, help="windows per sampler call")
+    examples: int = param(4, help="continuations shown side by side in the report")
+
+    def __post_init__(self):
+        suite_check(self.n >= 0, "continuations.n", f"must be ≥ 0 (0 = off), got {self.n}")
+        for name in ("context", "span", "steps", "batch_size"):
+            suite_check(getattr(self, name) >= 1, f"continuations.{name}",
+                        f"must be ≥ 1, got {getattr(self, name)}")
+        suite_check(self.examples >= 0, "continuations.examples", f"must be ≥ 0, got {self.examples}")
+
+
+@dataclass
 class Suite:
     name: str = param("", help="the suite's name (default: its file name)")
     description: str = param("", help="one line saying what the suite compares")
@@ -122,6 +140,9 @@ class Suite:
     seed: int = param(1337, help="seed of every method's weights, data order and noise, and of sampling")
     eval: EvalSettings = param(default_factory=EvalSettings, help="likelihood evaluation")
     sampling: SamplingSettings = param(default_factory=SamplingSettings, help="sample quality")
+    continuations: ContinuationSettings = param(default_factory=ContinuationSettings,
+                                                help="prompted continuations of held-out text "
+                                                     "(BLEU, real words, judge NLL given the prompt)")
     judges: list[str] = param(default_factory=list,
                               help="judge models for generative NLL: 'smollm2' or an AR run folder "
                                    "(empty: no judge)")

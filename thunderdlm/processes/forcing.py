@@ -70,7 +70,7 @@ from thunderdlm.processes.forcing_net import LEVEL_EMBEDDINGS, DiffusionForcingN
 from thunderdlm.processes.forcing_sampler import ForcingSampler, budget_row
 from thunderdlm.processes.forcing_schedules import (BETA_SCHEDULES, MATRICES, OBJECTIVES,
                                                     GaussianTables, beta_schedule, real_levels,
-                                                    scheduling_matrix, shift_betas)
+                                                    sampler_states, scheduling_matrix, shift_betas)
 
 
 @dataclass
@@ -81,6 +81,11 @@ class ForcingConfig(ProcessConfig):
                                                    "embedding space); false: teacher forcing, "
                                                    "exactly the autoregressive process")
     timesteps: int = param(32, help="T, training noise levels 0..T-1")
+    schedule_fraction: float = param(0.0, help="share of each training batch whose rows carry "
+                                     "the noise levels of a state the sampler visits (a random "
+                                     "prompt length, then a random row of the scheduling matrix "
+                                     "over the rest; clean context tokens carry no loss) instead "
+                                     "of i.i.d. levels per token; 0 = the official 'random_all'")
     sampling_timesteps: int = param(32, help="S <= T sampling levels; S = T uses DDPM steps, "
                                              "S < T DDIM steps")
     beta_schedule: str = param("cosine", help="beta schedule", choices=BETA_SCHEDULES)
@@ -154,6 +159,8 @@ class ForcingConfig(ProcessConfig):
         check(self.beta_schedule != "linear" or T > 20, "process.beta_schedule",
               f"the linear schedule's last beta is 20/T = {20 / T:.3g}, which needs timesteps > 20; "
               "use cosine or sigmoid for fewer steps")
+        check(0.0 <= self.schedule_fraction <= 1.0, "process.schedule_fraction",
+              f"must be in [0, 1], got {self.schedule_fraction}")
         check(self.snr_clip > 0, "process.snr_clip", f"must be > 0, got {self.snr_clip}")
         check(self.snr_shift > 0, "process.snr_shift", f"must be > 0, got {self.snr_shift}")
         check(self.input_scale > 0, "process.input_scale", f"must be > 0, got {self.input_scale}")
@@ -241,20 +248,42 @@ class ForcingProcess(Process):
         net = unwrap(model)
         with torch.no_grad():
             e = net.embed(x0)                                                   # (B, L, D) x0
-        k = torch.randint(0, cfg.timesteps, (B, L), device=x0.device)           # random_all
+        k = self.training_levels(B, L, x0.device)                               # (B, L), −1 clean
         eps = dif.noise(e.shape, e.device)                                      # clamped ε
         xk = dif.q_sample(e, k, eps)
-        out, table = model(xk, k, return_table=True)                            # (B, L, D), (V, D)
-        pred = dif.predictions(out, xk, k, table)
-        w = dif.loss_weights(k).float()                                         # (B, L)
-        mse = ((pred.out - dif.target(e, k, eps)) ** 2 * w.unsqueeze(-1)).mean()
+        inp, fed = dif.network_input(xk, k, ddpm=self.sampling_is_ddpm)         # stabilization
+        out, table = model(inp, fed, return_table=True)                         # (B, L, D), (V, D)
+        pred = dif.predictions(out, inp, fed, table)
+        noisy = k >= 0                                                          # context: no loss
+        n = noisy.sum().clamp(min=1)
+        w = torch.where(noisy, dif.loss_weights(k), 0.0).float()                # (B, L)
+        err = ((pred.out - dif.target(e, k, eps)) ** 2).mean(-1)                # (B, L)
+        mse = (torch.where(noisy, err, 0.0) * w).sum() / n
         ce = F.cross_entropy(pred.decoder_logits(table).transpose(1, 2), x0,
                              reduction="none")                                  # (B, L)
         if cfg.rounding_snr_weight:
             ce = ce * (self.tables.gather("clipped_snr", k, cfg.snr_clip) / cfg.snr_clip).float()
-        rounding = ce.mean()
+        rounding = torch.where(noisy, ce, 0.0).sum() / n
         loss = mse + cfg.rounding_weight * rounding
         return LossOutput(loss, {"mse": mse.item(), "round_ce": rounding.item()})
+
+    @property
+    def sampling_is_ddpm(self) -> bool:
+        """The sampler's steps are DDPM's (one real level each), which decides how stabilization
+        feeds clean context (noised, or scaled only)."""
+        return self.cfg.sampling_timesteps == self.cfg.timesteps - self.cfg.decode_level
+
+    def training_levels(self, B: int, L: int, device) -> torch.Tensor:
+        """(B, L) real noise levels: i.i.d. U{0..T−1} per token ("random_all", the official
+        code); the first round(schedule_fraction·B) rows instead hold a state the sampler visits
+        (``forcing_schedules.sampler_states``), with −1 for clean context."""
+        cfg = self.cfg
+        k = torch.randint(0, cfg.timesteps, (B, L), device=device)               # random_all
+        n_sched = int(round(cfg.schedule_fraction * B))
+        if n_sched:
+            k[:n_sched] = sampler_states(cfg.scheduling_matrix, n_sched, L, cfg.sampling_timesteps,
+                                         cfg.uncertainty_scale, self.sampler.real).to(device)
+        return k
 
     # ---- likelihood bound ----------------------------------------------------------------------------
     @property

@@ -191,12 +191,30 @@ def real_levels(S: int, T: int, device: torch.device | None = None,
     return real
 
 
+def column_delays(kind: str, H: int, u: float) -> np.ndarray:
+    """(H,) int64 delay of each column of a horizon of H tokens: how many rows after the first a
+    column starts to move (the pyramid family's ``int(t·u)``). full_sequence: 0; pyramid(u):
+    int(t·u); autoregressive: pyramid with u = S (passed in as ``u``); trapezoid (symmetric):
+    int(min(t, H − 1 − t)·u). Every matrix of this family is M[m, t] = clip(S + delay_t − m, 0, S),
+    height S + max(delay) + 1."""
+    t = np.arange(H, dtype=np.float64)
+    if kind == "full_sequence":
+        return np.zeros(H, dtype=np.int64)
+    if kind in ("pyramid", "autoregressive"):
+        return (t * u).astype(np.int64)                                      # int(t·u), t·u ≥ 0
+    if kind == "trapezoid":
+        return (np.minimum(t, H - 1 - t) * u).astype(np.int64)
+    raise ValueError(f"unknown scheduling matrix {kind!r}; choose one of {list(MATRICES)}")
+
+
+def _matrix(delays: np.ndarray, S: int) -> np.ndarray:
+    height = S + int(delays.max()) + 1
+    return np.clip(S + delays[None, :] - np.arange(height)[:, None], 0, S)
+
+
 def pyramid_matrix(H: int, S: int, u: float) -> np.ndarray:
     """M[m, t] = clip(S + int(t·u) − m, 0, S), height S + int((H − 1)u) + 1."""
-    height = S + int((H - 1) * u) + 1
-    m = np.arange(height)[:, None]
-    shift = (np.arange(H, dtype=np.float64) * u).astype(np.int64)[None, :]   # int(t·u), t·u ≥ 0
-    return np.clip(S + shift - m, 0, S)
+    return _matrix(column_delays("pyramid", H, u), S)
 
 
 def trapezoid_matrix(H: int, S: int, u: float, official: bool = False) -> np.ndarray:
@@ -219,10 +237,7 @@ def trapezoid_matrix(H: int, S: int, u: float, official: bool = False) -> np.nda
             M[:, t] = S + int(t * u) - m
             M[:, -t] = S + int(t * u) - m
         return np.clip(M, 0, S)
-    height = S + int(((H - 1) // 2) * u) + 1
-    t = np.arange(H)
-    shift = (np.minimum(t, H - 1 - t).astype(np.float64) * u).astype(np.int64)[None, :]
-    return np.clip(S + shift - np.arange(height)[:, None], 0, S)
+    return _matrix(column_delays("trapezoid", H, u), S)
 
 
 def scheduling_matrix(kind: str, H: int, S: int, u: float) -> torch.Tensor:
@@ -234,14 +249,31 @@ def scheduling_matrix(kind: str, H: int, S: int, u: float) -> torch.Tensor:
     """
     if H < 1:
         raise ValueError(f"a scheduling matrix needs a horizon of at least 1 token, got {H}")
-    if kind == "full_sequence":
-        M = np.repeat(np.arange(S, -1, -1)[:, None], H, axis=1)
-    elif kind == "pyramid":
-        M = pyramid_matrix(H, S, u)
-    elif kind == "autoregressive":
-        M = pyramid_matrix(H, S, float(S))
-    elif kind == "trapezoid":
-        M = trapezoid_matrix(H, S, u)
-    else:
-        raise ValueError(f"unknown scheduling matrix {kind!r}; choose one of {list(MATRICES)}")
+    M = _matrix(column_delays(kind, H, float(S) if kind == "autoregressive" else u), S)
     return torch.from_numpy(np.ascontiguousarray(M, dtype=np.int64))
+
+
+def sampler_states(kind: str, n: int, L: int, S: int, u: float, real: torch.Tensor,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """(n, L) real levels of window states the sampler feeds to the network (−1 = clean).
+
+    Each row draws a prompt length c ~ U{0..L−1} (positions < c are clean context), takes the
+    scheduling matrix M of ``kind`` over the horizon of the other H = L − c tokens, and a row
+    m ~ U{0..height − 2} of it (the rows the sampler evaluates the network at; the last, all
+    clean, is never fed): levels real[M[m, t − c]]. ``real`` (S+1,) maps sampling levels to real
+    ones (:func:`real_levels`). Training on these states (``schedule_fraction``) teaches the
+    network the situations generation puts it in, which the official i.i.d. levels reach only
+    rarely (a clean context of many tokens has probability (1/T)^c under ``random_all``).
+    """
+    c = torch.randint(0, L, (n,), generator=generator)
+    pick = torch.rand(n, generator=generator, dtype=torch.float64)
+    u = float(S) if kind == "autoregressive" else u
+    out = torch.full((n, L), -1, dtype=torch.long)
+    for b in range(n):
+        H = L - int(c[b])
+        delays = column_delays(kind, H, u)
+        height = S + int(delays.max()) + 1
+        m = min(int(pick[b] * (height - 1)), height - 2)
+        lvl = np.clip(S + delays - m, 0, S)
+        out[b, L - H:] = real.cpu()[torch.from_numpy(lvl)]
+    return out.to(real.device)
