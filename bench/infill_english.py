@@ -36,11 +36,14 @@ def main() -> None:
     ap.add_argument("--span-chars", type=int, default=51)
     ap.add_argument("--mode", choices=("infill", "continue"), default="infill")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change a run's stored config before sampling, e.g. "
+                         "process.scheduling_matrix=pyramid (repeatable)")
     ap.add_argument("--out", default="bench/results/infill_english.json")
     args = ap.parse_args()
     rows = {}
     for run in args.runs:
-        lm = thunderdlm.load(run)
+        lm = thunderdlm.load(run, overrides=args.set)
         data = TokenData(lm.cfg.data.dir)
         cpt = data.chars_per_token("val")
         context, span = round(args.context_chars / cpt), max(1, round(args.span_chars / cpt))

@@ -52,3 +52,13 @@ def test_nll_rejects_too_long_text(lm):
 def test_steps_must_cover_the_blocks(lm):
     with pytest.raises(SamplingError, match="blocks"):
         lm.generate(length=32, steps=2, block_length=8)
+
+
+def test_load_overrides_change_sampler_settings_and_name_bad_fields(lm):
+    from thunderdlm.errors import ConfigError
+
+    other = thunderdlm.load(lm.run_dir, overrides=["process.sampling_eps=0.01"])
+    assert other.cfg.process.sampling_eps == 0.01 and lm.cfg.process.sampling_eps != 0.01
+    assert other.nll("to be or not")[0]["nats_per_token"] > 0
+    with pytest.raises(ConfigError, match="samplng_eps"):
+        thunderdlm.load(lm.run_dir, overrides=["process.samplng_eps=0.01"])

@@ -10,11 +10,11 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
-def load(run, checkpoint=None, device="auto", ema=True):
+def load(run, checkpoint=None, device="auto", ema=True, overrides=None):
     """Load a trained run folder as a :class:`thunderdlm.api.DiffusionLM`."""
     from thunderdlm.api import load as _load
 
-    return _load(run, checkpoint=checkpoint, device=device, ema=ema)
+    return _load(run, checkpoint=checkpoint, device=device, ema=ema, overrides=overrides)
 
 
 __all__ = ["load", "__version__"]

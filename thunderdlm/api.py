@@ -111,11 +111,16 @@ class DiffusionLM:
                 "process": self.cfg.process.name, "model": self.cfg.model.name, **res}
 
 
-def load(run: str | Path, checkpoint: str | None = None, device: str = "auto", ema: bool = True) -> DiffusionLM:
-    """Rebuild a trained model from its run folder (EMA weights when the run kept them)."""
+def load(run: str | Path, checkpoint: str | None = None, device: str = "auto", ema: bool = True,
+         overrides: list[str] | None = None) -> DiffusionLM:
+    """Rebuild a trained model from its run folder (EMA weights when the run kept them).
+
+    ``overrides`` (``key=value``) change the stored config before the model is built, e.g. a
+    sampler setting (``process.scheduling_matrix=pyramid``); one that changes the network's shape
+    fails with the checkpoint mismatch error."""
     setup_runtime()
     run_dir = Path(run)
-    cfg = read_run_config(run_dir)
+    cfg = read_run_config(run_dir, overrides)
     folder = RunFolder(run_dir)
     tokenizer = folder.tokenizer()
     dev = resolve_device(device)

@@ -44,6 +44,19 @@ tokens under q). With the ancestral variance the KL of a step k → k' is ½(snr
 bounds the sampler with temperature 1, ``round_clean``, η = 1 and unclamped noise (the official
 ±5σ clamp changes a coordinate with probability 6e-7); greedy decoding and η = 0 are other models.
 
+With the ``autoregressive`` matrix and S_b = 1 the sampler is next-token sampling: token i jumps
+from pure noise (level T − 1, its vector drawn from N(0, I)) to clean in one network call once the
+tokens before it are clean, and is drawn from the decoder there, so p(w_i | w_<i) = E_x[p_θ(w_i |
+w_<i, x)] over its noisy vector x. The bound is then Σ_i E_q[−log p_θ(w_i | w_<i, x_i)] + the
+prior KL (Jensen, and q(x | w) for N(0, I)): the network's pure-noise cross-entropy with clean
+context, a tight bound of the sampler the generic loop runs at one step per token.
+
+Training levels: ``random_all`` (the official i.i.d. levels) for every row, or, for a share
+``schedule_fraction`` of the rows, a state the sampler visits (``forcing_schedules.sampler_states``:
+a clean prompt, then a row of the scheduling matrix); clean tokens are context and carry no loss,
+and both loss terms are means over the noisy tokens (for ``random_all`` rows: all of them, which is
+the official mean).
+
 Deviations from the official code (each documented where it lives): level −1 is clean with ᾱ = 1,
 the DDPM step keeps not-yet-started columns, ``clip_x0`` and ``decode_level`` (forcing_diffusion),
 the symmetric trapezoid (forcing_schedules), token rounding (forcing_sampler).
