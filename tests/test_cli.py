@@ -69,6 +69,20 @@ def test_eval_writes_json(workspace, capsys):
     assert "bits/char" in capsys.readouterr().out
 
 
+def test_set_changes_the_stored_config_for_eval_and_sample(workspace, capsys):
+    """eval and sample accept --set KEY=VALUE (the API test checks it reaches the config); a
+    misspelt key is one named error line, not a traceback."""
+    run = str(workspace / "run")
+    out = workspace / "eval_set.json"
+    assert main(["eval", run, "--t-samples", "2", "--set", "process.loss_estimator=ratio",
+                 "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["nats_per_token"] > 0
+    assert main(["sample", run, "--steps", "4", "--length", "12", "--set", "process.sampling_eps=0.01"]) == 0
+    capsys.readouterr()
+    assert main(["sample", run, "--steps", "4", "--set", "process.samplng_eps=0.01"]) == 2
+    assert "samplng_eps" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "shakespeare_char", "train.lrr=1"], "did you mean 'lr'"),
     (["train", "shakespeare_char", "train.batch_size=many"], "train.batch_size"),

@@ -56,13 +56,19 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _add_set(parser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change the run's stored config before loading, e.g. a sampler "
+                             "setting: process.scheduling_matrix=pyramid (repeatable)")
+
+
 # ---- sample --------------------------------------------------------------------------------------------
 
 def cmd_sample(args) -> int:
     import thunderdlm
     from thunderdlm.display import Crystallizer
 
-    lm = thunderdlm.load(args.run, checkpoint=args.checkpoint, device=args.device)
+    lm = thunderdlm.load(args.run, checkpoint=args.checkpoint, device=args.device, overrides=args.set)
     kwargs = dict(infill=args.infill, length=args.length, n=args.n, steps=args.steps, seed=args.seed,
                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                   remasking=args.remasking, block_length=args.block_length)
@@ -86,7 +92,7 @@ def cmd_eval(args) -> int:
     import thunderdlm
     from thunderdlm.checkpoint import atomic_write_text
 
-    lm = thunderdlm.load(args.run, checkpoint=args.checkpoint, device=args.device)
+    lm = thunderdlm.load(args.run, checkpoint=args.checkpoint, device=args.device, overrides=args.set)
     if args.bleu > 0 and args.bleu_context + args.bleu_span > lm.context:   # fail before the long evaluation
         raise ThunderError(f"--bleu-context {args.bleu_context} + --bleu-span {args.bleu_span} = "
                            f"{args.bleu_context + args.bleu_span} tokens is longer than the model's context "
@@ -259,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--json", action="store_true", help="print JSON")
     sa.add_argument("--checkpoint", default=None, help="checkpoint folder name (default: latest)")
     sa.add_argument("--device", default="auto")
+    _add_set(sa)
     sa.set_defaults(func=cmd_sample)
 
     ev = sub.add_parser("eval", help="validation NLL bound of a run (and sample quality with --samples)")
@@ -271,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", default=None, help="where to write the JSON (default RUN/eval.json)")
     ev.add_argument("--checkpoint", default=None)
     ev.add_argument("--device", default="auto")
+    _add_set(ev)
     ev.add_argument("--samples", type=int, default=0, metavar="N",
                     help="also draw N samples and measure them (entropy, distinct-n, judges) into the JSON")
     ev.add_argument("--steps", type=int, default=64, help="reverse steps for --samples")
