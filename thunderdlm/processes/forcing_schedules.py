@@ -269,11 +269,12 @@ def sampler_states(kind: str, n: int, L: int, S: int, u: float, real: torch.Tens
     pick = torch.rand(n, generator=generator, dtype=torch.float64)
     u = float(S) if kind == "autoregressive" else u
     out = torch.full((n, L), -1, dtype=torch.long)
+    real_cpu = real.cpu()
     for b in range(n):
         H = L - int(c[b])
         delays = column_delays(kind, H, u)
         height = S + int(delays.max()) + 1
         m = min(int(pick[b] * (height - 1)), height - 2)
         lvl = np.clip(S + delays - m, 0, S)
-        out[b, L - H:] = real.cpu()[torch.from_numpy(lvl)]
+        out[b, L - H:] = real_cpu[torch.from_numpy(lvl)]
     return out.to(real.device)
