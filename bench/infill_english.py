@@ -25,7 +25,8 @@ from pathlib import Path
 import thunderdlm
 from thunderdlm.data import TokenData
 from thunderdlm.evaluate import evaluate_spans
-from thunderdlm.sample_metrics import real_word_fraction, words
+from thunderdlm.bench.measure import training_vocabulary
+from thunderdlm.sample_metrics import real_word_fraction
 
 
 def main() -> None:
@@ -47,7 +48,7 @@ def main() -> None:
         data = TokenData(lm.cfg.data.dir)
         cpt = data.chars_per_token("val")
         context, span = round(args.context_chars / cpt), max(1, round(args.span_chars / cpt))
-        known = set(words(lm.tokenizer.decode(data.split("train").tolist())))
+        known = training_vocabulary(lm, data)
         r = evaluate_spans(lm, args.n, mode=args.mode, context=context, span=span, steps=span,
                            seed=args.seed)
         gen_frac, n_gen = real_word_fraction(r["generated"], known)

@@ -91,7 +91,7 @@ def measure_continuations(lm, suite: Suite, judges: dict[str, Any]) -> dict:
     continue), scored against the real text, the training vocabulary and the judges."""
     from thunderdlm.data import TokenData
     from thunderdlm.evaluate import evaluate_spans
-    from thunderdlm.sample_metrics import real_word_fraction, words
+    from thunderdlm.sample_metrics import real_word_fraction
 
     c = suite.continuations
     t0 = time.perf_counter()
@@ -99,7 +99,7 @@ def measure_continuations(lm, suite: Suite, judges: dict[str, Any]) -> dict:
                          seed=suite.seed, batch_size=c.batch_size)
     seconds = time.perf_counter() - t0
     data = TokenData(lm.cfg.data.dir)
-    vocabulary = set(words(lm.tokenizer.decode(data.split("train").tolist())))
+    vocabulary = training_vocabulary(lm, data)
     frac, n_words = real_word_fraction(res["generated"], vocabulary)
     prompts = [lm.tokenizer.decode(data.split("val")[o:o + c.context].tolist()) for o in res["offsets"]]
     record = {"n": c.n, "context": c.context, "span": c.span, "steps": c.steps, "nfe": res["nfe"],
@@ -114,6 +114,13 @@ def measure_continuations(lm, suite: Suite, judges: dict[str, Any]) -> dict:
               "examples": [{"prompt": p, "reference": r, "generated": g} for p, r, g in
                            zip(prompts, res["references"], res["generated"])][:c.examples]}
     return record
+
+
+def training_vocabulary(lm, data) -> set[str]:
+    """The words of the run's training split (decoded by its tokenizer): what counts as real."""
+    from thunderdlm.sample_metrics import words
+
+    return set(words(lm.tokenizer.decode(data.split("train").tolist())))
 
 
 def conditional_nll(judge, prompts: list[str], continuations: list[str]) -> dict:
