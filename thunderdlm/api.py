@@ -1,7 +1,7 @@
 """Python API: ``lm = thunderdlm.load(RUN)``, ``lm.generate(...)``, ``lm.nll(texts)``, ``lm.evaluate()``.
 
 ``load`` rebuilds the tokenizer, process and backbone from the run folder alone (config.json,
-tokenizer/, the latest valid checkpoint) — no flags, no download.
+tokenizer/, the latest valid checkpoint) — no flags, no download; the loading is ``loading.py``.
 """
 from __future__ import annotations
 
@@ -11,14 +11,13 @@ from typing import Callable
 
 import torch
 
-from thunderdlm import checkpoint as ck
 from thunderdlm.data import TokenData, eval_windows
-from thunderdlm.errors import CheckpointError, SamplingError
+from thunderdlm.errors import SamplingError
 from thunderdlm.evaluate import likelihood_bound
-from thunderdlm.processes import SampleOptions, build_process
-from thunderdlm.run_config import RunConfig, read_run_config
+from thunderdlm.loading import load_run
+from thunderdlm.processes import SampleOptions
+from thunderdlm.run_config import RunConfig
 from thunderdlm.runfolder import RunFolder
-from thunderdlm.runtime import resolve_device, setup_runtime
 from thunderdlm.sampling.loop import SampleResult, StepInfo, run_sampler
 from thunderdlm.sampling.requests import build_request
 
@@ -117,22 +116,7 @@ def load(run: str | Path, checkpoint: str | None = None, device: str = "auto", e
 
     ``overrides`` (``key=value``) change the stored config before the model is built, e.g. a
     sampler setting (``process.scheduling_matrix=pyramid``); one that changes the network's shape
-    fails with the checkpoint mismatch error."""
-    setup_runtime()
-    run_dir = Path(run)
-    cfg = read_run_config(run_dir, overrides)
-    folder = RunFolder(run_dir)
-    tokenizer = folder.tokenizer()
-    dev = resolve_device(device)
-    process = build_process(cfg.process, tokenizer.vocab_size)
-    model = process.build_network(cfg.model, cfg.data.seq_len)
-    ckpt = (run_dir / ck.CKPT_DIR / checkpoint) if checkpoint else ck.latest_checkpoint(run_dir)
-    weights = "ema.safetensors" if ema and (ckpt / "ema.safetensors").exists() else "model.safetensors"
-    state = ck.load_tensors(ckpt / weights)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"'{ckpt / weights}' does not match the model in '{run_dir}/config.json': "
-                              f"{str(e).splitlines()[0]}") from None
-    model.to(dev).eval()
-    return DiffusionLM(run_dir, cfg, model, process, tokenizer, dev, ckpt)
+    fails with the checkpoint mismatch error. The loading itself is ``loading.load_run``."""
+    loaded = load_run(run, checkpoint=checkpoint, device=device, ema=ema, overrides=overrides)
+    return DiffusionLM(loaded.run_dir, loaded.cfg, loaded.model, loaded.process, loaded.tokenizer,
+                       loaded.device, loaded.checkpoint)

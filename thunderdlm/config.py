@@ -1,7 +1,7 @@
 """Typed configs: dataclasses with one help string per field, YAML presets, ``key=value`` overrides.
 
 Each component keeps its own dataclass next to its code (``DataConfig`` in ``data/``,
-``ModelConfig`` in ``models/``, process configs in ``processes/``, ``TrainConfig`` in ``train.py``);
+``ModelConfig`` in ``models/``, process configs in ``processes/``, ``TrainConfig`` in ``train/config.py``);
 this module holds the machinery they share:
 
 - :func:`param` declares a field with its help text (which doubles as documentation / CLI help)

@@ -14,7 +14,7 @@ from thunderdlm.data.config import DataConfig
 from thunderdlm.errors import CheckpointError
 from thunderdlm.models.config import ModelConfig
 from thunderdlm.processes.config import ProcessConfig
-from thunderdlm.train_config import TrainConfig
+from thunderdlm.train.config import TrainConfig
 
 
 @dataclass

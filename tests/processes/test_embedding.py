@@ -8,8 +8,8 @@ from thunderdlm.config import from_dict
 from thunderdlm.errors import ConfigError
 from thunderdlm.models import ModelConfig
 from thunderdlm.processes import ProcessConfig, SampleOptions, build_process
-from thunderdlm.processes.gaussian_schedules import (ALPHA_BAR_MAX, ALPHA_BAR_MIN, GAUSSIAN_SCHEDULES,
-                                                      build_gaussian_schedule)
+from thunderdlm.processes.embedding.schedules import (ALPHA_BAR_MAX, ALPHA_BAR_MIN, GAUSSIAN_SCHEDULES,
+                                                       build_gaussian_schedule)
 from thunderdlm.processes.base import StepContext
 from thunderdlm.sampling.loop import run_sampler
 

@@ -10,7 +10,7 @@ from thunderdlm.errors import ConfigError, SamplingError
 from thunderdlm.models import ModelConfig
 from thunderdlm.processes import AutoregressiveConfig, AutoregressiveProcess
 from thunderdlm.processes.forcing import ForcingConfig, ForcingProcess
-from thunderdlm.processes.forcing_sampler import decoder_logits, nearest_tokens
+from thunderdlm.processes.forcing.sampler import decoder_logits, nearest_tokens
 from thunderdlm.sampling.loop import run_sampler
 
 V, L = 9, 16

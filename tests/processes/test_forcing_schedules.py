@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from thunderdlm.processes.forcing_schedules import (GaussianTables, beta_schedule, loss_weights, shift_betas,
+from thunderdlm.processes.forcing.schedules import (GaussianTables, beta_schedule, loss_weights, shift_betas,
                                                     real_levels, sampler_states, scheduling_matrix,
                                                     trapezoid_matrix)
 

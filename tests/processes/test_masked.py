@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from thunderdlm.processes import MaskedConfig, MaskedProcess
-from thunderdlm.processes.masked import stratified_times
+from thunderdlm.processes.discrete.masked import stratified_times
 
 V = 7
 

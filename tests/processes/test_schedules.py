@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from thunderdlm.processes.schedules import SCHEDULES, SIGMA_COND_MAX, build_schedule
+from thunderdlm.processes.discrete.schedules import SCHEDULES, SIGMA_COND_MAX, build_schedule
 
 
 @pytest.mark.parametrize("name", list(SCHEDULES))

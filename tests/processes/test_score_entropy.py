@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from thunderdlm.errors import ConfigError
 from thunderdlm.processes import SampleOptions, ScoreEntropyConfig, ScoreEntropyProcess
 from thunderdlm.processes.base import StepContext
-from thunderdlm.processes.graphs import Absorb, Uniform
+from thunderdlm.processes.discrete.graphs import Absorb, Uniform
 from thunderdlm.sampling.loop import run_sampler
 from tests.processes.synthetic import iid_source
 

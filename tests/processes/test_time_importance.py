@@ -9,8 +9,8 @@ from thunderdlm.config import from_dict
 from thunderdlm.errors import ConfigError
 from thunderdlm.models import ModelConfig
 from thunderdlm.processes import ProcessConfig, build_process
-from thunderdlm.processes.masked import stratified_times
-from thunderdlm.processes.time_importance import UNIFORM_SHARE, WARMUP, TimeImportance
+from thunderdlm.processes.discrete.masked import stratified_times
+from thunderdlm.processes.embedding.time_importance import UNIFORM_SHARE, WARMUP, TimeImportance
 
 V, L = 84, 24
 

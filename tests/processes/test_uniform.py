@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from thunderdlm.errors import ConfigError
 from thunderdlm.processes import SampleOptions, UniformConfig, UniformProcess
 from thunderdlm.processes.base import StepContext
-from thunderdlm.processes.uniform import categorical_kl, posterior, udlm_rate_kl
+from thunderdlm.processes.discrete.uniform import categorical_kl, posterior, udlm_rate_kl
 from thunderdlm.sampling.loop import run_sampler, transfer_schedule
 from tests.processes.synthetic import iid_source
 

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-import thunderdlm.train as T
+import thunderdlm.train.trainer as T
 from thunderdlm.run_config import RunConfig
 
 FROZEN = ("blocks.0.attn.c_attn.weight", "sigma_map.mlp.0.weight")

@@ -12,7 +12,7 @@ from torch import nn
 import thunderdlm
 from thunderdlm.errors import ConfigError
 from thunderdlm.train import fsdp_blocks
-from thunderdlm.train_config import TrainConfig
+from thunderdlm.train.config import TrainConfig
 
 
 @pytest.mark.distributed

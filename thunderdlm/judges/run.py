@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from thunderdlm.judges.base import Judge, JudgeError
+from thunderdlm.loading import load_run
 from thunderdlm.processes.autoregressive import AutoregressiveProcess
 
 
@@ -25,6 +26,7 @@ class RunJudge(Judge):
     """Judge backed by a trained autoregressive thunderdlm model."""
 
     def __init__(self, lm, name: str | None = None, stride: int | None = None):
+        """``lm``: a loaded run (``loading.LoadedRun``, or the API's ``DiffusionLM`` built on one)."""
         if not isinstance(lm.process, AutoregressiveProcess):
             raise JudgeError(f"run '{lm.run_dir}' uses the {lm.cfg.process.name!r} process; a judge must be an "
                              "autoregressive run (process.name=autoregressive), whose likelihood is exact")
@@ -43,7 +45,5 @@ class RunJudge(Judge):
 
 
 def load_run_judge(path: Path, device: str = "cpu") -> RunJudge:
-    """Load a run folder with ``thunderdlm.load`` and wrap it as a judge."""
-    from thunderdlm.api import load
-
-    return RunJudge(load(path, device=device), name=str(path))
+    """Load a run folder (``loading.load_run``, as ``thunderdlm.load`` does) and wrap it as a judge."""
+    return RunJudge(load_run(path, device=device), name=str(path))

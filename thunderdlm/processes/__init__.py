@@ -1,14 +1,15 @@
-"""Processes: one file each, registered by name. ``build_process(cfg, vocab_size)`` makes one."""
+"""Processes, one file or one folder per method family, registered by name here (one line each).
+
+``build_process(cfg, vocab_size)`` makes one."""
 from __future__ import annotations
 
 from thunderdlm.processes.autoregressive import AutoregressiveConfig, AutoregressiveProcess
 from thunderdlm.processes.base import LossOutput, Process, SampleOptions, StepContext, StepOutput
 from thunderdlm.processes.config import ProcessConfig
+from thunderdlm.processes.discrete import (MaskedConfig, MaskedProcess, ScoreEntropyConfig,
+                                           ScoreEntropyProcess, UniformConfig, UniformProcess)
 from thunderdlm.processes.embedding import EmbeddingConfig, EmbeddingProcess
 from thunderdlm.processes.forcing import ForcingConfig, ForcingProcess
-from thunderdlm.processes.masked import MaskedConfig, MaskedProcess
-from thunderdlm.processes.score_entropy import ScoreEntropyConfig, ScoreEntropyProcess
-from thunderdlm.processes.uniform import UniformConfig, UniformProcess
 
 PROCESSES: dict[str, type[Process]] = {
     MaskedProcess.name: MaskedProcess,

@@ -40,7 +40,7 @@ from thunderdlm.config import param
 from thunderdlm.models.kv_cache import KVCache
 from thunderdlm.processes.base import LossOutput, Process, StepContext, StepOutput
 from thunderdlm.processes.config import ProcessConfig
-from thunderdlm.sampling.categorical import draw_tokens
+from thunderdlm.categorical import draw_tokens
 
 
 @dataclass

@@ -3,7 +3,7 @@
 A *process* owns the math of one method: the forward (noising) process, the training loss, the
 likelihood bound used for evaluation, the prior, and one reverse ``step``. It knows nothing about
 optimisers, data loading or the sampling loop's strategies (blocks, prompts, callbacks): those live
-in ``train.py`` and ``sampling/loop.py``, which only call the methods below.
+in ``train/trainer.py`` and ``sampling/loop.py``, which only call the methods below.
 
 Shapes: ``x0`` / ``x`` are token ids ``(B, L)``; a backbone maps ``(x, sigma)`` to logits
 ``(B, L, V)`` where ``V = process.model_vocab_size`` (the tokenizer's vocabulary plus any token the

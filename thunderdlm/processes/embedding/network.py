@@ -19,7 +19,7 @@
                   "softmax" (Plaid / CDCD): out = logits ∈ R^V and x̂0 = softmax(logits)·e, the
                                     expected latent; the logits double as the rounding logits
 
-The process (``embedding.py``) owns the math; this module only owns parameters and shapes.
+The process (``process.py``) owns the math; this module only owns parameters and shapes.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from torch import nn
 
 from thunderdlm.models.base import Backbone
 from thunderdlm.models.layers import zero_linear
-from thunderdlm.processes.time_importance import TimeImportance
+from thunderdlm.processes.embedding.time_importance import TimeImportance
 
 
 class EmbeddingDenoiser(nn.Module):

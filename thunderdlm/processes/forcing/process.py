@@ -9,8 +9,8 @@ Notation map (Chen et al. 2024, "Diffusion Forcing"; official code buoyancy99/di
     k_i              the real noise level of token i, i.i.d. U{0..T−1} in training ("random_all");
                      −1 means clean
     x_i              √ᾱ_{k_i} e(w_i) + √(1 − ᾱ_{k_i}) ε_i,  ε = clamp(N(0, I), ±clip_noise)
-    f_θ(x, k)        the causal network (``forcing_net``): every token at its own level
-    w_i(k)           the fused-SNR loss weight (``forcing_schedules.loss_weights``)
+    f_θ(x, k)        the causal network (``network.py``): every token at its own level
+    w_i(k)           the fused-SNR loss weight (``schedules.loss_weights``)
 
 Training (``DiffusionForcingBase.training_step`` + ``Diffusion.forward``):
 
@@ -52,14 +52,14 @@ prior KL (Jensen, and q(x | w) for N(0, I)): the network's pure-noise cross-entr
 context, a tight bound of the sampler the generic loop runs at one step per token.
 
 Training levels: ``random_all`` (the official i.i.d. levels) for every row, or, for a share
-``schedule_fraction`` of the rows, a state the sampler visits (``forcing_schedules.sampler_states``:
+``schedule_fraction`` of the rows, a state the sampler visits (``schedules.sampler_states``:
 a clean prompt, then a row of the scheduling matrix); clean tokens are context and carry no loss,
 and both loss terms are means over the noisy tokens (for ``random_all`` rows: all of them, which is
 the official mean).
 
 Deviations from the official code (each documented where it lives): level −1 is clean with ᾱ = 1,
-the DDPM step keeps not-yet-started columns, ``clip_x0`` and ``decode_level`` (forcing_diffusion),
-the symmetric trapezoid (forcing_schedules), token rounding (forcing_sampler).
+the DDPM step keeps not-yet-started columns, ``clip_x0`` and ``decode_level`` (diffusion.py),
+the symmetric trapezoid (schedules.py), token rounding (sampler.py).
 
 ``use_diffusion_forcing: false`` is teacher forcing: loss, likelihood (exact), sampling and the
 network are those of the ``autoregressive`` process, delegated to it, on the same GPT.
@@ -77,11 +77,11 @@ from thunderdlm.errors import ConfigError
 from thunderdlm.processes.autoregressive import AutoregressiveConfig, AutoregressiveProcess
 from thunderdlm.processes.base import LossOutput, Process, StepContext, StepOutput
 from thunderdlm.processes.config import ProcessConfig
-from thunderdlm.processes.forcing_diffusion import ForcingDiffusion
+from thunderdlm.processes.forcing.diffusion import ForcingDiffusion
 from thunderdlm.processes.base import unwrap
-from thunderdlm.processes.forcing_net import LEVEL_EMBEDDINGS, DiffusionForcingNet
-from thunderdlm.processes.forcing_sampler import ForcingSampler, budget_row
-from thunderdlm.processes.forcing_schedules import (BETA_SCHEDULES, MATRICES, OBJECTIVES,
+from thunderdlm.processes.forcing.network import LEVEL_EMBEDDINGS, DiffusionForcingNet
+from thunderdlm.processes.forcing.sampler import ForcingSampler, budget_row
+from thunderdlm.processes.forcing.schedules import (BETA_SCHEDULES, MATRICES, OBJECTIVES,
                                                     GaussianTables, beta_schedule, real_levels,
                                                     sampler_states, scheduling_matrix, shift_betas)
 
@@ -289,7 +289,7 @@ class ForcingProcess(Process):
     def training_levels(self, B: int, L: int, device) -> torch.Tensor:
         """(B, L) real noise levels: i.i.d. U{0..T−1} per token ("random_all", the official
         code); the first round(schedule_fraction·B) rows instead hold a state the sampler visits
-        (``forcing_schedules.sampler_states``), with −1 for clean context."""
+        (``schedules.sampler_states``), with −1 for clean context."""
         cfg = self.cfg
         k = torch.randint(0, cfg.timesteps, (B, L), device=device)               # random_all
         n_sched = int(round(cfg.schedule_fraction * B))
@@ -349,7 +349,7 @@ class ForcingProcess(Process):
         return self.ar.is_noisy(x) if not self.df else super().is_noisy(x)
 
     def step(self, model: nn.Module, x: torch.Tensor, ctx: StepContext) -> StepOutput:
-        """One loop step = one jump along the block's scheduling matrix (see ``forcing_sampler``)."""
+        """One loop step = one jump along the block's scheduling matrix (see ``sampler.py``)."""
         if not self.df:
             return self.ar.step(model, x, ctx)
         cols = ctx.editable.any(dim=0).nonzero().flatten()

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from thunderdlm.errors import ConfigError
-from thunderdlm.processes.uniform import prior_kl
+from thunderdlm.processes.discrete.uniform import prior_kl
 
 
 def _col(a: torch.Tensor) -> torch.Tensor:

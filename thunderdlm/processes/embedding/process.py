@@ -7,8 +7,8 @@ Kingma et al. 2021 "VDM"):
     w           clean tokens (B, L)
     e_v         the latent of token v (V, d): the embedding bridge LN₀(P·E_v), or the raw E_v
     x = e_w     clean latents (B, L, d)
-    z_t         √ᾱ_t x + √(1 − ᾱ_t) ε, the noisy latents; t ∈ [0, 1] (``gaussian_schedules.py``)
-    f_θ         the network (``embedding_net.py``); by ``parameterization`` its output is
+    z_t         √ᾱ_t x + √(1 − ᾱ_t) ε, the noisy latents; t ∈ [0, 1] (``schedules.py``)
+    f_θ         the network (``network.py``); by ``parameterization`` its output is
                 x̂0 (default, note 001), ε̂ (note 000) or v̂ = √ᾱ ε̂ − √(1 − ᾱ) x̂0; with the ``softmax``
                 head x̂0 = softmax(logits)·e (Plaid's categorical reparameterisation)
 
@@ -55,10 +55,10 @@ from thunderdlm.config import check, param
 from thunderdlm.errors import ConfigError
 from thunderdlm.processes.base import LossOutput, Process, StepContext, StepOutput, unwrap
 from thunderdlm.processes.config import ProcessConfig
-from thunderdlm.processes.embedding_net import EmbeddingDenoiser
-from thunderdlm.processes.gaussian_schedules import (GAUSSIAN_SCHEDULES, build_gaussian_schedule,
-                                                      token_evidence)
-from thunderdlm.processes.masked import stratified_times
+from thunderdlm.processes.embedding.network import EmbeddingDenoiser
+from thunderdlm.processes.embedding.schedules import (GAUSSIAN_SCHEDULES, build_gaussian_schedule,
+                                                       token_evidence)
+from thunderdlm.processes.discrete.masked import stratified_times
 
 
 def sq_dist(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
@@ -238,7 +238,7 @@ class EmbeddingProcess(Process):
     @staticmethod
     def prior_logits(z: torch.Tensor, a: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """(B, L, V): the exact posterior logits of each position's token given its own z_t alone
-        (``gaussian_schedules.token_evidence``); z (B, L, d), a (B, 1, 1)."""
+        (``schedules.token_evidence``); z (B, L, d), a (B, 1, 1)."""
         return token_evidence(z, a, e)
 
     def rounding_logits(self, net: EmbeddingDenoiser, x0_hat: torch.Tensor, e: torch.Tensor) -> torch.Tensor:

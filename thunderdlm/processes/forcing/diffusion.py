@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
-from thunderdlm.processes.forcing_schedules import GaussianTables, loss_weights
-from thunderdlm.processes.gaussian_schedules import token_evidence
+from thunderdlm.processes.forcing.schedules import GaussianTables, loss_weights
+from thunderdlm.processes.embedding.schedules import token_evidence
 
 
 def _ch(t: torch.Tensor) -> torch.Tensor:

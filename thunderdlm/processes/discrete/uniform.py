@@ -54,7 +54,7 @@ Sampling (``step``): ancestral, x_s ~ p_θ(x_s | x_t) with the network's logits 
 top-k / top-p and divided by the temperature; the last step (s = 0, α_s = 1) draws clean tokens,
 so ``finalize`` has nothing left to do. Every token looks real under uniform noise, so
 confidence-based remasking (``low_confidence`` / ``random``) is served by freezing committed
-positions (``processes/commit.py``): each step commits ``n_commit`` undecided positions to a
+positions (``processes/discrete/commit.py``): each step commits ``n_commit`` undecided positions to a
 draw from the model's p(x0 | x_t) and moves the others one ancestral step.
 """
 from __future__ import annotations
@@ -68,11 +68,11 @@ from torch import nn
 
 from thunderdlm.config import check, param
 from thunderdlm.processes.base import LossOutput, Process, StepContext, StepOutput
-from thunderdlm.processes.commit import decided_positions, select_confident
+from thunderdlm.processes.discrete.commit import decided_positions, select_confident
 from thunderdlm.processes.config import ProcessConfig
-from thunderdlm.processes.masked import stratified_times
-from thunderdlm.processes.schedules import SCHEDULES, build_schedule
-from thunderdlm.sampling.categorical import draw_tokens, filter_logits, sample_categorical
+from thunderdlm.processes.discrete.masked import stratified_times
+from thunderdlm.processes.discrete.schedules import SCHEDULES, build_schedule
+from thunderdlm.categorical import draw_tokens, filter_logits, sample_categorical
 
 TIME_MODES = ("continuous", "discrete")
 LOSSES = ("nelbo", "ce", "hybrid")

@@ -1,5 +1,5 @@
 """Score-entropy discrete diffusion (SEDD, Lou et al. 2024; user note 003): the network learns the
-concrete score of a forward CTMC on tokens (``processes/graphs.py``) by denoising score entropy.
+concrete score of a forward CTMC on tokens (``processes/discrete/graphs.py``) by denoising score entropy.
 
 Notation map (SPEC.md §3):
 
@@ -40,7 +40,7 @@ staggered(s, Δσ) ⊙ exp(ΔσQ)[x, ·]; ``finalize`` is SEDD's denoiser at t_m
 (the mass of leaving its state is kept). Confidence remasking (``low_confidence`` / ``random``)
 commits ``n_commit`` positions to draws from the model's p(x0 | x_t): masked positions for the
 absorbing graph (the rest stay masked, as LLaDA), frozen decided positions for the uniform graph
-(``processes/commit.py``).
+(``processes/discrete/commit.py``).
 """
 from __future__ import annotations
 
@@ -52,12 +52,12 @@ from torch import nn
 
 from thunderdlm.config import check, param
 from thunderdlm.processes.base import LossOutput, Process, SampleOptions, StepContext, StepOutput
-from thunderdlm.processes.commit import decided_positions, select_confident
+from thunderdlm.processes.discrete.commit import decided_positions, select_confident
 from thunderdlm.processes.config import ProcessConfig
-from thunderdlm.processes.graphs import GRAPHS, build_graph
-from thunderdlm.processes.masked import stratified_times
-from thunderdlm.processes.schedules import Geometric, LogLinear, Schedule
-from thunderdlm.sampling.categorical import draw_tokens, filter_logits, sample_categorical
+from thunderdlm.processes.discrete.graphs import GRAPHS, build_graph
+from thunderdlm.processes.discrete.masked import stratified_times
+from thunderdlm.processes.discrete.schedules import Geometric, LogLinear, Schedule
+from thunderdlm.categorical import draw_tokens, filter_logits, sample_categorical
 
 NOISES = ("loglinear", "geometric")
 PREDICTORS = ("euler", "analytic")

@@ -32,8 +32,8 @@ from torch import nn
 from thunderdlm.config import check, param
 from thunderdlm.processes.base import LossOutput, Process, StepContext, StepOutput
 from thunderdlm.processes.config import ProcessConfig
-from thunderdlm.processes.schedules import SCHEDULES, build_schedule
-from thunderdlm.sampling.categorical import draw_tokens, filter_logits
+from thunderdlm.processes.discrete.schedules import SCHEDULES, build_schedule
+from thunderdlm.categorical import draw_tokens, filter_logits
 
 NEG_INF = -1e6  # SUBS uses a large finite negative number rather than −inf (keeps softmax finite)
 

@@ -34,9 +34,9 @@ import torch
 
 from thunderdlm.errors import SamplingError
 from thunderdlm.processes.base import SampleOptions
-from thunderdlm.processes.forcing_diffusion import ForcingDiffusion, decoder_logits  # noqa: F401 (API)
-from thunderdlm.processes.forcing_schedules import real_levels, scheduling_matrix
-from thunderdlm.sampling.categorical import draw_tokens
+from thunderdlm.processes.forcing.diffusion import ForcingDiffusion, decoder_logits  # noqa: F401 (API)
+from thunderdlm.processes.forcing.schedules import real_levels, scheduling_matrix
+from thunderdlm.categorical import draw_tokens
 
 
 def nearest_tokens(x0: torch.Tensor, table: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,9 @@
 Sampling uses the Gumbel-max trick in exponential form (as the MDLM/SEDD code does):
 ``argmax_v p_v / E_v`` with ``E_v ~ Exp(1)`` draws v with probability ∝ p_v, so ``probs`` need not be
 normalised and entries ≤ 0 are never chosen (unless all are).
+
+This module sits below both the processes (whose steps draw tokens) and the sampling loop, and
+imports nothing else from thunderdlm (``tests/test_layout.py`` checks it).
 """
 from __future__ import annotations
 
