@@ -20,7 +20,7 @@ class OracleModel(torch.nn.Module):
         self.calls = 0
         self.dummy = torch.nn.Parameter(torch.zeros(()))
 
-    def forward(self, x, sigma=None, *, causal=None):
+    def forward(self, x, sigma=None, *, causal=None, attn_mask=None, positions=None):
         self.calls += 1
         logits = torch.zeros(*x.shape, self.vocab)
         logits.scatter_(-1, self.x0[: x.shape[0], : x.shape[1]].unsqueeze(-1), self.confidence)
@@ -37,7 +37,7 @@ class RandomModel(torch.nn.Module):
         self.vocab = vocab
         self.calls = 0
 
-    def forward(self, x, sigma=None, *, causal=None):
+    def forward(self, x, sigma=None, *, causal=None, attn_mask=None, positions=None):
         self.calls += 1
         prev = torch.roll(x, 1, dims=1).clamp(max=self.vocab)
         return self.table[prev] + 0.1 * self.table[x.clamp(max=self.vocab)]

@@ -20,6 +20,7 @@ from thunderdlm.run_config import RunConfig
 from thunderdlm.runfolder import RunFolder
 from thunderdlm.sampling.loop import SampleResult, StepInfo, run_sampler
 from thunderdlm.sampling.requests import build_request
+from thunderdlm.sampling.rolling import StopRule, continue_tokens
 
 REMASKING = ("ancestral", "low_confidence", "random")
 
@@ -38,33 +39,79 @@ class DiffusionLM:
 
     # ---- sampling ----------------------------------------------------------------------------------
     def sample(self, prompt: str | None = None, *, infill: str | None = None, length: int | None = None,
-               n: int = 1, steps: int = 64, seed: int | None = None, temperature: float = 1.0,
-               top_k: int = 0, top_p: float = 1.0, remasking: str = "ancestral",
-               block_length: int | None = None,
+               max_new_tokens: int | None = None, n: int = 1, steps: int = 64, seed: int | None = None,
+               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+               remasking: str = "ancestral", block_length: int | None = None,
+               threshold: float | None = None, stop: list[str] | str | None = None,
                callback: Callable[[StepInfo], None] | None = None) -> tuple[list[str], SampleResult]:
-        """Generate ``n`` texts; returns them with the raw result (tokens, NFE)."""
+        """Generate ``n`` texts; returns them with the raw result (tokens, NFE, tokens per call).
+
+        ``max_new_tokens`` continues ``prompt`` by that many tokens, beyond the context too (the
+        window rolls, ``sampling/rolling.py``), stopping early once every row has produced the
+        tokenizer's EOS token or one of the ``stop`` strings (the texts are cut before them);
+        ``steps`` is then shared out over the rounds. ``threshold`` τ: Fast-dLLM's parallel
+        decoding (commit every position whose confidence exceeds τ, at least one per step)."""
+        if max_new_tokens is not None:
+            if infill is not None or (length is not None and length != max_new_tokens):
+                raise SamplingError("max_new_tokens continues a prompt: give it without --infill "
+                                    "and without a different --length")
+            return self._continue(prompt or "", max_new_tokens, n=n, steps=steps, seed=seed,
+                                  stop=stop, callback=callback,
+                                  options=dict(temperature=temperature, top_k=top_k, top_p=top_p,
+                                               remasking=remasking, block_length=block_length,
+                                               threshold=threshold))
         req = build_request(self.tokenizer, self.context, length=length, prompt=prompt, infill=infill, n=n)
         res = self.sample_tokens(req.x_init, req.editable, steps=steps, seed=seed, temperature=temperature,
                                  top_k=top_k, top_p=top_p, remasking=remasking, block_length=block_length,
-                                 callback=callback)
+                                 threshold=threshold, callback=callback)
         return [self.tokenizer.decode(row.tolist()) for row in res.tokens.cpu()], res
+
+    def _continue(self, prompt: str, new_tokens: int, *, n: int, steps: int, seed: int | None,
+                  stop: list[str] | str | None, callback, options: dict) -> tuple[list[str], SampleResult]:
+        """``prompt`` + up to ``new_tokens`` tokens per row, rolling the window past the context."""
+        ids = self.tokenizer.encode(prompt) if prompt else []
+        if len(ids) >= self.context:
+            raise SamplingError(f"the prompt has {len(ids)} tokens but the model's context is "
+                                f"{self.context}; shorten the prompt")
+        rule = StopRule(self.tokenizer.eos_id, tuple([stop] if isinstance(stop, str) else stop or ()))
+        gen = self._generator(seed)
+        grid = self.process.block_grid
+
+        def run(x, editable, stop_fn):
+            g = int(editable[0].sum())
+            width = options["block_length"] or grid or g
+            share = max(math.ceil(steps * g / new_tokens), math.ceil(g / width))
+            return self.sample_tokens(x, editable, steps=share, generator=gen, callback=callback,
+                                      stop=stop_fn, **options)
+
+        prompt_ids = torch.tensor(ids, dtype=torch.long, device=self.device).repeat(n, 1)
+        new, res = continue_tokens(run, prompt_ids, new_tokens, self.context, grid, rule,
+                                   self.tokenizer.decode)
+        texts = [prompt + rule.cut_text(self.tokenizer.decode(rule.cut_ids(row.tolist())))
+                 for row in new.cpu()]
+        return texts, res
+
+    def _generator(self, seed: int | None) -> torch.Generator:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(seed if seed is not None else torch.seed() % 2**63)
+        return gen
 
     def sample_tokens(self, x_init: torch.Tensor, editable: torch.Tensor, *, steps: int = 64,
                       seed: int | None = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                       remasking: str = "ancestral", block_length: int | None = None,
-                      callback: Callable[[StepInfo], None] | None = None) -> SampleResult:
+                      threshold: float | None = None, generator: torch.Generator | None = None,
+                      callback: Callable[[StepInfo], None] | None = None,
+                      stop: Callable[[torch.Tensor], bool] | None = None) -> SampleResult:
         """Run the sampler on token ids: x_init (B, L) with ``editable`` (B, L) marking what to generate
         (every other position is kept). The options are checked here, once for every caller."""
         if remasking not in REMASKING:
             raise SamplingError(f"--remasking must be one of {list(REMASKING)}, got {remasking!r}")
         if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
             raise SamplingError("need temperature ≥ 0, 0 < top_p ≤ 1 and top_k ≥ 0")
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(seed if seed is not None else torch.seed() % 2**63)
-        opts = SampleOptions(temperature, top_k, top_p, remasking)
+        opts = SampleOptions(temperature, top_k, top_p, remasking, threshold)
         return run_sampler(self.process, self.model, x_init.to(self.device), editable.to(self.device),
-                           steps=steps, block_length=block_length, options=opts, generator=gen,
-                           callback=callback)
+                           steps=steps, block_length=block_length, options=opts,
+                           generator=generator or self._generator(seed), callback=callback, stop=stop)
 
     def generate(self, prompt: str | None = None, **kwargs) -> list[str]:
         """Texts only; see :meth:`sample` for the arguments."""

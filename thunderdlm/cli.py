@@ -71,17 +71,21 @@ def cmd_sample(args) -> int:
     lm = thunderdlm.load(args.run, checkpoint=args.checkpoint, device=args.device, overrides=args.set)
     kwargs = dict(infill=args.infill, length=args.length, n=args.n, steps=args.steps, seed=args.seed,
                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                  remasking=args.remasking, block_length=args.block_length)
+                  remasking=args.remasking, block_length=args.block_length,
+                  threshold=args.threshold, max_new_tokens=args.max_new_tokens, stop=args.stop)
     if args.live:
         with Crystallizer(lm.token_str, lm.process.noise_token_id) as live:
             texts, res = lm.sample(args.prompt, callback=live, **kwargs)
     else:
         texts, res = lm.sample(args.prompt, **kwargs)
     if args.json:
-        print(json.dumps({"samples": texts, "nfe": res.nfe, "steps": res.steps}, indent=1))
+        print(json.dumps({"samples": texts, "nfe": res.nfe, "steps": res.steps,
+                          "generated_tokens": res.generated,
+                          "tokens_per_call": res.tokens_per_call}, indent=1))
         return 0
     for i, text in enumerate(texts):
-        print(f"=== sample {i + 1}/{len(texts)} ({res.steps} steps, {res.nfe} network evaluations) ===")
+        print(f"=== sample {i + 1}/{len(texts)} ({res.steps} steps, {res.nfe} network evaluations, "
+              f"{res.tokens_per_call:.2f} tokens per call) ===")
         print(text)
     return 0
 
@@ -261,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--remasking", default="ancestral", choices=["ancestral", "low_confidence", "random"],
                     help="ancestral (MDLM) or LLaDA's fixed-count unmasking by confidence / at random")
     sa.add_argument("--block-length", type=int, default=None, help="semi-autoregressive blocks (LLaDA)")
+    sa.add_argument("--threshold", type=float, default=None, metavar="TAU",
+                    help="Fast-dLLM parallel decoding: commit every position whose confidence "
+                         "exceeds TAU, at least one per step (masked and block processes)")
+    sa.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                    help="continue --prompt by N tokens, beyond the context too (the window rolls); "
+                         "stops early at the tokenizer's EOS or a --stop string")
+    sa.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                    help="stop string for --max-new-tokens (repeatable)")
     sa.add_argument("--live", action="store_true", help="show the first sample crystallising step by step")
     sa.add_argument("--json", action="store_true", help="print JSON")
     sa.add_argument("--checkpoint", default=None, help="checkpoint folder name (default: latest)")

@@ -28,6 +28,16 @@ Continuous inputs and features (embedding diffusion, diffusion forcing, adapters
   a continuous target builds the backbone with ``out_dim`` = that target's width, so no parameter is
   left unused (DDP requires every parameter to get a gradient).
 
+Structured attention (block diffusion, BD3-LM)::
+
+    logits = model(x, sigma, attn_mask=m, positions=pos)
+                                             # m (L, L) or (B, 1, L, L) bool, True = may attend;
+                                             # it replaces ``causal``. pos (L,) long: the
+                                             # position of each input (rotary angles, position
+                                             # tables), default 0..L-1; with ``positions`` the
+                                             # input may be up to 2·max_seq_len long (x_t ⊕ x0),
+                                             # each position must be < max_seq_len
+
 Incremental causal decoding (backbones with ``supports_kv_cache``)::
 
     cache = model.new_kv_cache()                             # KVCache, empty
@@ -41,7 +51,12 @@ Incremental causal decoding (backbones with ``supports_kv_cache``)::
   ``x[:, :cache.length + n]`` at the new positions, for any chunk size ``n`` (prefill or one token).
 - ``sigma``: ``(B,)`` per sequence, or ``(B, n)`` per token for the *new* positions only (the same
   shape as ``x_new``). Cached keys and values keep the σ they were computed with.
-- ``causal`` must resolve to True (a bidirectional model has no valid prefix cache); the cache's
+- ``attn_mask`` (n, P + n) bool replaces the causal rule for the new queries (block decoding: a
+  block sees every cached position and the whole block); ``positions`` (n,) defaults to P..P+n-1.
+  A forward whose keys must not stay in the cache (a noisy block being denoised) is followed by
+  ``cache.crop(P)``.
+- ``causal`` must resolve to True unless ``attn_mask`` is given (a bidirectional model has no
+  valid prefix cache); the cache's
   capacity and ``max_seq_len`` bound ``cache.length + n``. ``KVCache.crop(p)`` rolls back to ``p``
   positions when the tokens from ``p`` on change. Without ``kv_cache`` nothing of this runs.
 """
@@ -83,8 +98,9 @@ class Backbone(nn.Module, metaclass=ABCMeta):
     @abstractmethod
     def forward(self, x: torch.Tensor | None, sigma: torch.Tensor | None = None, *,
                 causal: bool | None = None, kv_cache: KVCache | None = None,
-                inputs_embeds: torch.Tensor | None = None,
-                return_hidden: bool = False) -> torch.Tensor:
+                inputs_embeds: torch.Tensor | None = None, return_hidden: bool = False,
+                attn_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, L) token ids, sigma: (B,) | (B, L) | None -> (B, L, out_dim) float32.
 
         With ``kv_cache`` (only where ``supports_kv_cache``) ``x`` holds the tokens after the
@@ -133,12 +149,16 @@ class Backbone(nn.Module, metaclass=ABCMeta):
         return self.cfg.causal if causal is None else bool(causal)
 
     def _input_embeddings(self, x: torch.Tensor | None, inputs_embeds: torch.Tensor | None,
-                          table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Checks ``x`` xor ``inputs_embeds``; returns (token-shaped (B, L) stand-in, h0 (B, L, D))."""
+                          table: torch.Tensor, max_len: int | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checks ``x`` xor ``inputs_embeds``; returns (token-shaped (B, L) stand-in, h0 (B, L, D)).
+
+        ``max_len`` (default ``max_seq_len``) bounds L (2·max_seq_len with explicit positions)."""
+        max_len = max_len or self.max_seq_len
         if inputs_embeds is None:
             if x is None:
                 raise ValueError(f"{type(self).__name__}: give token ids x or inputs_embeds")
-            self._check_tokens(x)
+            self._check_tokens(x, max_len)
             return x, torch.nn.functional.embedding(x, table)
         if x is not None:
             raise ValueError(f"{type(self).__name__}: give either token ids x or inputs_embeds, not both")
@@ -146,25 +166,47 @@ class Backbone(nn.Module, metaclass=ABCMeta):
         if e.dim() != 3 or e.shape[-1] != table.shape[1] or not e.is_floating_point():
             raise ValueError(f"inputs_embeds must be (B, L, {table.shape[1]}) floats, got "
                              f"{e.dtype} {tuple(e.shape)}")
-        if not 1 <= e.shape[1] <= self.max_seq_len:
-            raise ValueError(f"sequence length {e.shape[1]} is outside 1..max_seq_len="
-                             f"{self.max_seq_len} of this {type(self).__name__}")
+        if not 1 <= e.shape[1] <= max_len:
+            raise ValueError(f"sequence length {e.shape[1]} is outside 1..{max_len} of this "
+                             f"{type(self).__name__} (max_seq_len={self.max_seq_len})")
         stand_in = torch.zeros(e.shape[:2], dtype=torch.long, device=e.device)
         return stand_in, e.to(table.dtype)
 
-    def _check_tokens(self, x: torch.Tensor) -> None:
-        """x must be (B, L) integer ids with 1 <= L <= max_seq_len."""
+    def _check_tokens(self, x: torch.Tensor, max_len: int | None = None) -> None:
+        """x must be (B, L) integer ids with 1 <= L <= max_len (default max_seq_len)."""
+        max_len = max_len or self.max_seq_len
         if x.dim() != 2 or x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
             raise ValueError(f"x must be (B, L) integer token ids, got {x.dtype} {tuple(x.shape)}")
-        if not 1 <= x.shape[1] <= self.max_seq_len:
-            raise ValueError(f"sequence length {x.shape[1]} is outside 1..max_seq_len="
-                             f"{self.max_seq_len} of this {type(self).__name__}")
+        if not 1 <= x.shape[1] <= max_len:
+            raise ValueError(f"sequence length {x.shape[1]} is outside 1..{max_len} of this "
+                             f"{type(self).__name__} (max_seq_len={self.max_seq_len})")
 
-    def _check_kv_cache(self, x: torch.Tensor, causal: bool, kv_cache: KVCache) -> None:
-        """A cache needs causal attention, matching depth, and room for x's n new positions."""
-        if not causal:
+    def _structure_limit(self, positions: torch.Tensor | None) -> int:
+        """Longest input accepted: 2·max_seq_len when explicit positions are given (x_t ⊕ x0)."""
+        return 2 * self.max_seq_len if positions is not None else self.max_seq_len
+
+    def _check_structure(self, L: int, attn_mask: torch.Tensor | None,
+                         positions: torch.Tensor | None, cached: int = 0) -> None:
+        """``attn_mask`` (L, cached + L) or (B, 1, L, cached + L) bool; ``positions`` (L,) long in
+        [0, max_seq_len)."""
+        if attn_mask is not None:
+            if attn_mask.dtype != torch.bool or attn_mask.shape[-2:] != (L, cached + L):
+                raise ValueError(f"attn_mask must be bool (..., {L}, {cached + L}), got "
+                                 f"{attn_mask.dtype} {tuple(attn_mask.shape)}")
+        if positions is not None:
+            if positions.shape != (L,) or positions.is_floating_point():
+                raise ValueError(f"positions must be ({L},) integers, got {positions.dtype} "
+                                 f"{tuple(positions.shape)}")
+            if L and not (0 <= int(positions.min()) and int(positions.max()) < self.max_seq_len):
+                raise ValueError(f"positions must lie in 0..{self.max_seq_len - 1} (max_seq_len), "
+                                 f"got {int(positions.min())}..{int(positions.max())}")
+
+    def _check_kv_cache(self, x: torch.Tensor, causal: bool, kv_cache: KVCache,
+                        attn_mask: torch.Tensor | None = None) -> None:
+        """A cache needs causal attention (or an explicit mask), matching depth, and room."""
+        if not causal and attn_mask is None:
             raise ValueError(f"{type(self).__name__}: a KV cache needs causal attention "
-                             "(pass causal=True or set model.causal)")
+                             "(pass causal=True or set model.causal) or an explicit attn_mask")
         if kv_cache.n_layer != self.cfg.n_layer:
             raise ValueError(f"KVCache has {kv_cache.n_layer} layers but this "
                              f"{type(self).__name__} has {self.cfg.n_layer}; "

@@ -55,11 +55,14 @@ class DDiTBlock(nn.Module):
         self.adaLN_modulation = zero_linear(cfg.cond_dim, 6 * d)
 
     def forward(self, h: torch.Tensor, c: torch.Tensor, causal: bool,
-                kv: LayerKV | None = None) -> torch.Tensor:
-        """h: (B, L, D), c: (B, C) or (B, L, C) -> (B, L, D); ``kv``: a KV-cache slot if decoding."""
+                kv: LayerKV | None = None, mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """h: (B, L, D), c: (B, C) or (B, L, C) -> (B, L, D); ``kv``: a KV-cache slot if decoding;
+        ``mask`` / ``positions``: see ``SelfAttention.forward``."""
         mod = self.adaLN_modulation(c)                                       # (B, [L,] 6D)
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)  # 6 x (B, [L,] D)
-        a = self.attn(modulate(self.norm1(h), shift1, scale1), causal=causal, kv=kv)
+        a = self.attn(modulate(self.norm1(h), shift1, scale1), causal=causal, kv=kv, mask=mask,
+                      positions=positions)
         h = h + per_token(gate1) * self.dropout(a)                           # (B, L, D)
         m = self.mlp(modulate(self.norm2(h), shift2, scale2))
         h = h + per_token(gate2) * self.dropout(m)                           # (B, L, D)
@@ -105,24 +108,30 @@ class DDiT(Backbone):
 
     def forward(self, x: torch.Tensor | None, sigma: torch.Tensor | None = None, *,
                 causal: bool | None = None, kv_cache: KVCache | None = None,
-                inputs_embeds: torch.Tensor | None = None,
-                return_hidden: bool = False) -> torch.Tensor:
+                inputs_embeds: torch.Tensor | None = None, return_hidden: bool = False,
+                attn_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, L) ids, sigma: (B,) | (B, L) | None -> (B, L, out_dim) float32 logits.
 
         With ``kv_cache``: x (B, n) are the tokens after the cached ones, sigma (B,) or (B, n)
         -> (B, n, out_dim). ``inputs_embeds`` (B, L, D) replaces E[x]; ``return_hidden`` returns
-        the (B, L, D) features the output projection reads.
+        the (B, L, D) features the output projection reads; ``attn_mask`` / ``positions``: see
+        the contract in ``models/base.py``.
         """
-        x, h = self._input_embeddings(x, inputs_embeds, self.vocab_embed)   # (B, L), (B, L, D)
+        x, h = self._input_embeddings(x, inputs_embeds, self.vocab_embed,
+                                      self._structure_limit(positions))     # (B, L), (B, L, D)
         causal = self._resolve_causal(causal)
         if kv_cache is not None:
-            self._check_kv_cache(x, causal, kv_cache)
+            self._check_kv_cache(x, causal, kv_cache, attn_mask)
+        self._check_structure(x.shape[1], attn_mask, positions,
+                              kv_cache.length if kv_cache is not None else 0)
         sigma = self._prepare_sigma(x, sigma)                                # (B,) or (B, L)
         if not self.cfg.time_conditioning:
             sigma = torch.zeros_like(sigma)      # time-agnostic (MDLM): the model sees σ = 0
         c = F.silu(self.sigma_map(sigma))                                    # (B, [L,] C)
         for i, block in enumerate(self.blocks):
-            h = block(h, c, causal, kv_cache.layer(i) if kv_cache is not None else None)
+            h = block(h, c, causal, kv_cache.layer(i) if kv_cache is not None else None,
+                      attn_mask, positions)
         if kv_cache is not None:
             kv_cache.advance(x.shape[1])
         if return_hidden:

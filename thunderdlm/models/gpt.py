@@ -48,9 +48,13 @@ class GPTBlock(nn.Module):
         self.mlp = MLP(d, cfg.mlp_ratio, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, h: torch.Tensor, causal: bool, kv: LayerKV | None = None) -> torch.Tensor:
-        """h: (B, L, D) -> (B, L, D); ``kv``: this block's slot of a KV cache, if decoding."""
-        h = h + self.dropout(self.attn(self.ln_1(h), causal=causal, kv=kv))
+    def forward(self, h: torch.Tensor, causal: bool, kv: LayerKV | None = None,
+                mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """h: (B, L, D) -> (B, L, D); ``kv``: this block's slot of a KV cache, if decoding;
+        ``mask`` / ``positions``: see ``SelfAttention.forward``."""
+        h = h + self.dropout(self.attn(self.ln_1(h), causal=causal, kv=kv, mask=mask,
+                                       positions=positions))
         h = h + self.dropout(self.mlp(self.ln_2(h)))
         return h
 
@@ -98,16 +102,20 @@ class GPT(Backbone):
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=residual_std)
 
-    def _embed(self, h: torch.Tensor, sigma: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    def _embed(self, h: torch.Tensor, sigma: torch.Tensor, offset: int = 0,
+               positions: torch.Tensor | None = None) -> torch.Tensor:
         """+ position (+ time) embedding: h = wte[x] (B, L, D), sigma (B,) | (B, L) -> (B, L, D).
 
-        The positions are ``offset..offset+L-1`` (``offset > 0`` with a KV cache).
+        The positions are ``positions`` (L,) when given, else ``offset..offset+L-1``
+        (``offset > 0`` with a KV cache).
         """
         L = h.shape[1]
+        if positions is None:
+            positions = torch.arange(offset, offset + L, device=h.device)    # (L,)
         if self.wpe is not None:
-            h = h + self.wpe(torch.arange(offset, offset + L, device=h.device))  # + (L, D)
+            h = h + self.wpe(positions)                                      # + (L, D)
         if self.pos_table is not None:
-            h = h + self.pos_table[offset:offset + L].to(h.dtype)            # + (L, D)
+            h = h + self.pos_table[positions].to(h.dtype)                    # + (L, D)
         if self.time_embed is not None and self.time_proj is not None:
             t = self.time_proj(self.time_embed(sigma))                       # (B, [L,] D)
             h = h + per_token(t)
@@ -115,23 +123,28 @@ class GPT(Backbone):
 
     def forward(self, x: torch.Tensor | None, sigma: torch.Tensor | None = None, *,
                 causal: bool | None = None, kv_cache: KVCache | None = None,
-                inputs_embeds: torch.Tensor | None = None,
-                return_hidden: bool = False) -> torch.Tensor:
+                inputs_embeds: torch.Tensor | None = None, return_hidden: bool = False,
+                attn_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, L) ids, sigma: (B,) | (B, L) | None -> (B, L, out_dim) float32 logits.
 
         With ``kv_cache``: x (B, n) are the tokens after the cached ones -> (B, n, out_dim).
-        ``inputs_embeds`` (B, L, D) replaces wte[x]; ``return_hidden`` returns ln_f(h) (B, L, D).
+        ``inputs_embeds`` (B, L, D) replaces wte[x]; ``return_hidden`` returns ln_f(h) (B, L, D);
+        ``attn_mask`` / ``positions``: see the contract in ``models/base.py``.
         """
-        x, h = self._input_embeddings(x, inputs_embeds, self.wte.weight)    # (B, L), (B, L, D)
+        x, h = self._input_embeddings(x, inputs_embeds, self.wte.weight,
+                                      self._structure_limit(positions))     # (B, L), (B, L, D)
         causal = self._resolve_causal(causal)
         sigma = self._prepare_sigma(x, sigma)                                # (B,) or (B, L)
         offset = 0
         if kv_cache is not None:
-            self._check_kv_cache(x, causal, kv_cache)
+            self._check_kv_cache(x, causal, kv_cache, attn_mask)
             offset = kv_cache.length
-        h = self._embed(h, sigma, offset)                                    # (B, L, D)
+        self._check_structure(x.shape[1], attn_mask, positions, offset)
+        h = self._embed(h, sigma, offset, positions)                         # (B, L, D)
         for i, block in enumerate(self.blocks):
-            h = block(h, causal, kv_cache.layer(i) if kv_cache is not None else None)
+            h = block(h, causal, kv_cache.layer(i) if kv_cache is not None else None,
+                      attn_mask, positions)
         if kv_cache is not None:
             kv_cache.advance(x.shape[1])
         h = self.ln_f(h)

@@ -164,12 +164,18 @@ class HFDenoiser(Backbone):
 
     def forward(self, x: torch.Tensor | None, sigma: torch.Tensor | None = None, *,
                 causal: bool | None = None, kv_cache: KVCache | None = None,
-                inputs_embeds: torch.Tensor | None = None,
-                return_hidden: bool = False) -> torch.Tensor:
-        """x: (B, L) ids, sigma: (B,) | (B, L) | None -> (B, L, out_dim) float32."""
+                inputs_embeds: torch.Tensor | None = None, return_hidden: bool = False,
+                attn_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, L) ids, sigma: (B,) | (B, L) | None -> (B, L, out_dim) float32.
+
+        ``attn_mask`` (L, L) / (B, 1, L, L) bool and ``positions`` (L,): see ``models/base.py``
+        (passed to the decoder as an additive 4-D mask and ``position_ids``)."""
         if kv_cache is not None:
             raise ValueError("HFDenoiser does not support a KV cache")
-        x, h = self._input_embeddings(x, inputs_embeds, self.token_embedding)  # (B, L), (B, L, D)
+        x, h = self._input_embeddings(x, inputs_embeds, self.token_embedding,
+                                      self._structure_limit(positions))     # (B, L), (B, L, D)
+        self._check_structure(x.shape[1], attn_mask, positions)
         causal = self._resolve_causal(causal)
         if self.time_embed is not None:
             c = self.time_embed(self._prepare_sigma(x, sigma))                  # (B, [L,] C)
@@ -179,8 +185,12 @@ class HFDenoiser(Backbone):
                 film = per_token(self.time_film(c))
                 self._film = film.view(*film.shape[:2], self.n_layers, 2, self._hidden)
         try:
+            attention = (self._attention(h, causal) if attn_mask is None
+                         else self._explicit_mask(h, attn_mask))
+            if positions is not None:
+                attention["position_ids"] = positions[None].expand(h.shape[0], -1)
             f = self.causal_lm.base_model(inputs_embeds=h, use_cache=False,
-                                          **self._attention(h, causal)).last_hidden_state
+                                          **attention).last_hidden_state
         finally:
             self._film = None
         if return_hidden:
@@ -202,6 +212,14 @@ class HFDenoiser(Backbone):
         if not causal:   # annealing: the causal pattern plus a random share of the future
             allowed |= torch.rand(L, L, device=h.device) < self.anneal_ratio
         mask = torch.zeros(L, L, dtype=h.dtype, device=h.device)
+        mask = mask.masked_fill(~allowed, torch.finfo(h.dtype).min)
+        return {"attention_mask": mask.expand(h.shape[0], 1, L, L)}
+
+    @staticmethod
+    def _explicit_mask(h: torch.Tensor, allowed: torch.Tensor) -> dict:
+        """A boolean pattern (L, L) or (B, 1, L, L) as the decoder's additive 4-D mask."""
+        L = h.shape[1]
+        mask = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device)
         mask = mask.masked_fill(~allowed, torch.finfo(h.dtype).min)
         return {"attention_mask": mask.expand(h.shape[0], 1, L, L)}
 

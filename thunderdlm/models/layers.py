@@ -128,16 +128,21 @@ class Rotary:
         return (usable and table.shape[0] >= length and table.device == device
                 and table.dtype == dtype)
 
-    def apply(self, q: torch.Tensor, k: torch.Tensor,
-              offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotate q, k of shape (B, H, L, Dh) by their positions offset..offset+L-1.
+    def apply(self, q: torch.Tensor, k: torch.Tensor, offset: int = 0,
+              positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate q, k of shape (B, H, L, Dh) by their positions.
 
-        ``offset > 0`` is incremental decoding with a KV cache: the new tokens sit after the
-        ``offset`` cached ones, and each is rotated by its absolute position.
+        The positions are ``offset..offset+L-1`` (``offset > 0``: incremental decoding with a KV
+        cache, the new tokens sit after the ``offset`` cached ones), or ``positions`` (L,) long
+        when given (block diffusion's ``x_t ⊕ x0`` input repeats positions 0..L-1 twice).
         """
-        cos, sin = self.cos_sin(offset + q.shape[-2], q.device, q.dtype)   # (offset + L, Dh)
-        if offset:
-            cos, sin = cos[offset:], sin[offset:]                           # (L, Dh)
+        if positions is not None:
+            cos, sin = self.cos_sin(int(positions.max()) + 1, q.device, q.dtype)
+            cos, sin = cos[positions], sin[positions]                       # (L, Dh)
+        else:
+            cos, sin = self.cos_sin(offset + q.shape[-2], q.device, q.dtype)   # (offset + L, Dh)
+            if offset:
+                cos, sin = cos[offset:], sin[offset:]                       # (L, Dh)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         return q, k
@@ -204,35 +209,49 @@ class SelfAttention(nn.Module):
         self.c_proj = nn.Linear(dim, dim, bias=bias)       # W_o
         self.rotary = rotary
 
-    def forward(self, x: torch.Tensor, causal: bool = False,
-                kv: LayerKV | None = None) -> torch.Tensor:
-        """x: (B, L, D) -> (B, L, D)."""
+    def forward(self, x: torch.Tensor, causal: bool = False, kv: LayerKV | None = None,
+                mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, L, D) -> (B, L, D).
+
+        ``mask`` (L, L) or (B, 1, L, L) bool, True = may attend, replaces ``causal`` (block
+        diffusion's block-causal patterns); ``positions`` (L,) long are the rotary positions
+        (default 0..L-1). With ``kv`` see :meth:`_forward_cached`.
+        """
         B, L, D = x.shape
         qkv = self.c_attn(x).view(B, L, 3, self.n_head, D // self.n_head)   # (B, L, 3, H, Dh)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                      # 3 x (B, H, L, Dh)
         if kv is not None:
-            return self._forward_cached(q, k, v, kv)
+            return self._forward_cached(q, k, v, kv, mask, positions)
         if self.rotary is not None:
-            q, k = self.rotary.apply(q, k)
+            q, k = self.rotary.apply(q, k, positions=positions)
         p = self.attn_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)  # (B, H, L, Dh)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                           is_causal=causal and mask is None)  # (B, H, L, Dh)
         y = y.transpose(1, 2).reshape(B, L, D)                              # (B, L, D)
         return self.c_proj(y)
 
-    def _forward_cached(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                        kv: LayerKV) -> torch.Tensor:
-        """Causal attention of n new queries over P cached + n new keys; q, k, v: (B, H, n, Dh)."""
+    def _forward_cached(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: LayerKV,
+                        mask: torch.Tensor | None = None,
+                        positions: torch.Tensor | None = None) -> torch.Tensor:
+        """n new queries over P cached + n new keys; q, k, v: (B, H, n, Dh).
+
+        Default (``mask`` None): causal, query i at absolute position P + i sees keys 0..P+i.
+        ``mask`` (n, P + n) bool replaces that rule (block decoding: a block's queries see the
+        whole cache and the whole block). ``positions`` (n,) are the rotary positions of the new
+        tokens (default P..P+n-1).
+        """
         B, H, n, Dh = q.shape
         P = kv.offset
         if self.rotary is not None:
             # build the cos/sin table once for the cache's capacity, not once per new length
             self.rotary.cos_sin(kv.capacity, q.device, q.dtype)
-            q, k = self.rotary.apply(q, k, offset=P)                        # absolute positions
+            q, k = self.rotary.apply(q, k, offset=P, positions=positions)   # absolute positions
         k, v = kv.append(k, v)                                              # 2 x (B, H, P + n, Dh)
-        mask, is_causal = None, False
-        if n > 1 and P == 0:
+        is_causal = False
+        if mask is None and n > 1 and P == 0:
             is_causal = True                                                # square causal mask
-        elif n > 1:
+        elif mask is None and n > 1:
             # query i sits at absolute position P + i and sees keys 0..P+i; SDPA's is_causal
             # would align the mask top-left (query i sees keys 0..i) when n != P + n
             rows = torch.arange(P, P + n, device=q.device)[:, None]         # (n, 1)

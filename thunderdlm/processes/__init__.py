@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from thunderdlm.processes.autoregressive import AutoregressiveConfig, AutoregressiveProcess
+from thunderdlm.processes.block import BlockConfig, BlockDiffusionProcess
 from thunderdlm.processes.base import LossOutput, Process, SampleOptions, StepContext, StepOutput
 from thunderdlm.processes.config import ProcessConfig
 from thunderdlm.processes.discrete import (MaskedConfig, MaskedProcess, ScoreEntropyConfig,
@@ -18,6 +19,7 @@ PROCESSES: dict[str, type[Process]] = {
     UniformProcess.name: UniformProcess,
     ScoreEntropyProcess.name: ScoreEntropyProcess,
     ForcingProcess.name: ForcingProcess,
+    BlockDiffusionProcess.name: BlockDiffusionProcess,
 }
 
 
@@ -29,4 +31,4 @@ __all__ = ["PROCESSES", "build_process", "Process", "ProcessConfig", "LossOutput
            "StepContext", "StepOutput", "MaskedConfig", "MaskedProcess", "AutoregressiveConfig",
            "AutoregressiveProcess", "EmbeddingConfig", "EmbeddingProcess", "UniformConfig",
            "UniformProcess", "ScoreEntropyConfig", "ScoreEntropyProcess", "ForcingConfig",
-           "ForcingProcess"]
+           "ForcingProcess", "BlockConfig", "BlockDiffusionProcess"]

@@ -36,6 +36,8 @@ class SampleOptions:
     top_k: int = 0                 # 0 → off
     top_p: float = 1.0             # 1 → off
     remasking: str = "ancestral"   # ancestral | low_confidence | random (masked-type processes)
+    threshold: float | None = None  # Fast-dLLM: commit every position whose confidence exceeds τ,
+                                    # at least one per step; a block runs until it is decided
 
 
 @dataclass
@@ -55,7 +57,8 @@ class StepContext:
     options: SampleOptions
     generator: torch.Generator | None = None
     n_commit: torch.Tensor | None = None    # (B,) long
-    cache: dict[str, Any] = field(default_factory=dict)  # scratch space kept across steps of one run
+    cache: dict[str, Any] = field(default_factory=dict)  # scratch space of one block (cleared per block)
+    run_cache: dict[str, Any] = field(default_factory=dict)  # kept for the whole run (KV caches)
     nfe: int = 0                            # number of network evaluations so far (the step adds its own)
     pending: torch.Tensor | None = None     # (B, L) bool: generated positions of later blocks (still noise)
 
@@ -72,6 +75,10 @@ class Process(ABC):
     name: ClassVar[str]
     #: True when ``nelbo`` is the exact negative log-likelihood (AR), not an upper bound.
     exact_likelihood: ClassVar[bool] = False
+    #: True when ``step`` implements ``SampleOptions.threshold`` (a mask shows what is undecided).
+    supports_threshold: ClassVar[bool] = False
+    #: The sampler decodes blocks on this grid ([b·g, (b+1)·g)) when set (block diffusion).
+    block_grid: int | None = None
 
     def __init__(self, cfg: Any, vocab_size: int):
         self.cfg = cfg

@@ -6,11 +6,17 @@ The loop owns what is not a process's math:
 - what may change: ``editable`` marks generated positions; a prompt or an infill template's known
   text is everything else, and the loop re-imposes it after every step, so it can never change;
 - semi-autoregressive blocks (LLaDA, §2.3): the editable region is cut into consecutive blocks of
-  ``block_length`` positions, decoded left to right, each with its own sweep t: 1 → 0;
+  ``block_length`` positions, decoded left to right, each with its own sweep t: 1 → 0; a process
+  with a ``block_grid`` (block diffusion) has its blocks cut on that grid instead;
 - parallel-decoding schedules: with confidence-based remasking the loop tells the step how many
   positions to commit (``n_j = ⌊K/spb⌋ + [j < K mod spb]``, so that a block of K noisy positions is
   finished after exactly its ``spb`` steps);
-- a per-step callback (the CLI's live "crystallising" display uses it).
+- threshold decoding (Fast-dLLM, ``options.threshold``): each step commits every position whose
+  confidence exceeds τ and at least one, and a block takes as many steps as that needs (at most
+  its number of undecided positions); ``steps`` does not apply;
+- a per-step callback (the CLI's live "crystallising" display uses it) and an optional ``stop``
+  test after each block (EOS or a stop string: the rest stays undecided and is dropped by the
+  caller).
 """
 from __future__ import annotations
 
@@ -38,6 +44,15 @@ class SampleResult:
     tokens: torch.Tensor      # (B, L)
     nfe: int                  # network evaluations actually made
     steps: int
+    generated: int = 0        # editable positions decided, all rows together
+    stopped: bool = False     # ``stop`` ended the run before every block was decoded
+
+    @property
+    def tokens_per_call(self) -> float:
+        """Tokens each sequence gains per network evaluation (one call serves the whole batch):
+        generated / (rows · nfe); 1 for AR decoding, up to the block size for block diffusion."""
+        rows = max(self.tokens.shape[0], 1)
+        return self.generated / (rows * self.nfe) if self.nfe else float("nan")
 
 
 def transfer_schedule(k: torch.Tensor, steps: int) -> torch.Tensor:
@@ -47,12 +62,17 @@ def transfer_schedule(k: torch.Tensor, steps: int) -> torch.Tensor:
     return base + extra.long()
 
 
-def block_ranges(editable: torch.Tensor, block_length: int | None) -> list[tuple[int, int]]:
-    """[lo, hi) position ranges covering the editable columns, ``block_length`` wide each."""
+def block_ranges(editable: torch.Tensor, block_length: int | None,
+                 grid: int | None = None) -> list[tuple[int, int]]:
+    """[lo, hi) position ranges covering the editable columns, ``block_length`` wide each, or cut
+    at the multiples of ``grid`` when given (a process's own block grid; block_length is unused)."""
     cols = editable.any(dim=0).nonzero().flatten()
     if cols.numel() == 0:
         return []
     lo, hi = int(cols[0]), int(cols[-1]) + 1
+    if grid:
+        cuts = [lo] + list(range((lo // grid + 1) * grid, hi, grid)) + [hi]
+        return list(zip(cuts[:-1], cuts[1:]))
     if not block_length or block_length >= hi - lo:
         return [(lo, hi)]
     if block_length < 1:
@@ -60,46 +80,99 @@ def block_ranges(editable: torch.Tensor, block_length: int | None) -> list[tuple
     return [(a, min(a + block_length, hi)) for a in range(lo, hi, block_length)]
 
 
-def split_steps(steps: int, n_blocks: int) -> list[int]:
+def split_steps(steps: int, n_blocks: int, sizes: list[int] | None = None) -> list[int]:
+    """Steps per block, in proportion to the blocks' ``sizes`` (equal by default), at least one
+    each, summing to ``steps``; the remainder goes to the earliest of the largest shares."""
     if steps < n_blocks:
         raise SamplingError(f"--steps {steps} is fewer than the {n_blocks} blocks to decode; "
                             f"use at least {n_blocks} steps or a larger --block-length")
-    return [steps // n_blocks + (b < steps % n_blocks) for b in range(n_blocks)]
+    sizes = sizes or [1] * n_blocks
+    quota = [steps * s / sum(sizes) for s in sizes]
+    out = [max(1, int(q)) for q in quota]
+    while sum(out) < steps:
+        i = max(range(n_blocks), key=lambda b: (quota[b] - out[b], -b))
+        out[i] += 1
+    while sum(out) > steps:
+        i = max((b for b in range(n_blocks) if out[b] > 1), key=lambda b: (out[b] - quota[b], -b))
+        out[i] -= 1
+    return out
+
+
+def check_options(process: Process, options: SampleOptions) -> None:
+    """Options the process cannot honour are refused with a message naming them."""
+    tau = options.threshold
+    if tau is None:
+        return
+    if not process.supports_threshold:
+        raise SamplingError(f"--threshold needs a process that shows undecided positions as a mask "
+                            f"(masked, block); {process.name!r} does not")
+    if not 0.0 <= tau <= 1.0:
+        raise SamplingError(f"--threshold must be in [0, 1], got {tau}")
 
 
 @torch.no_grad()
 def run_sampler(process: Process, model: nn.Module, x_init: torch.Tensor, editable: torch.Tensor, *,
                 steps: int, block_length: int | None = None, options: SampleOptions | None = None,
                 generator: torch.Generator | None = None,
-                callback: Callable[[StepInfo], None] | None = None) -> SampleResult:
-    """Generate the ``editable`` positions of ``x_init`` (B, L); other positions are kept."""
+                callback: Callable[[StepInfo], None] | None = None,
+                stop: Callable[[torch.Tensor], bool] | None = None) -> SampleResult:
+    """Generate the ``editable`` positions of ``x_init`` (B, L); other positions are kept.
+
+    ``stop(x[:, :hi])`` is asked after each block [lo, hi) with the canvas up to the block's end;
+    True ends the run (later blocks stay undecided and are not counted as generated)."""
     if steps < 1:
         raise SamplingError(f"--steps must be ≥ 1, got {steps}")
     options = options or SampleOptions()
+    check_options(process, options)
     editable = editable.bool()
     prior = process.prior(tuple(x_init.shape), x_init.device, generator)
     x = torch.where(editable, prior, x_init)
-    blocks = block_ranges(editable, block_length)
-    per_block = split_steps(steps, len(blocks)) if blocks else []
+    blocks = block_ranges(editable, block_length, process.block_grid)
+    threshold = options.threshold is not None
+    sizes = [hi - lo for lo, hi in blocks]
+    per_block = ([0] * len(blocks) if threshold else split_steps(steps, len(blocks), sizes)) if blocks else []
     ctx = StepContext(t=1.0, s=1.0, editable=editable, options=options, generator=generator)
-    done, total = 0, sum(per_block)
+    done, total, stopped = 0, sum(per_block), False
     positions = torch.arange(x.shape[1], device=x.device)
     for b, ((lo, hi), spb) in enumerate(zip(blocks, per_block)):
         ctx.editable = editable & ((positions >= lo) & (positions < hi))[None, :]
         ctx.pending = editable & (positions >= hi)[None, :]
         ctx.cache.clear()
-        schedule = None
-        if options.remasking != "ancestral":
-            k = (process.is_noisy(x) & ctx.editable).sum(dim=1)
-            schedule = transfer_schedule(k, spb)
-        for j in range(spb):
-            ctx.t, ctx.s = 1.0 - j / spb, 1.0 - (j + 1) / spb
-            ctx.n_commit = schedule[:, j] if schedule is not None else None
+        for ctx.t, ctx.s, ctx.n_commit in _block_schedule(process, lambda: x, ctx, spb, threshold):
             out = process.step(model, x, ctx)
             x = torch.where(ctx.editable, out.x, x)       # the contract: nothing else may change
             done += 1
             if callback is not None:
-                callback(StepInfo(done, total, b, x, torch.where(ctx.editable, out.x0_hat, x)))
+                callback(StepInfo(done, max(total, done), b, x, torch.where(ctx.editable, out.x0_hat, x)))
+        if stop is not None and b + 1 < len(blocks) and stop(x[:, :hi]):
+            stopped = True
+            editable = editable & (positions < hi)[None, :]
+            break
     ctx.editable, ctx.pending = editable, None
     x = torch.where(editable, process.finalize(model, x, ctx), x)
-    return SampleResult(x, ctx.nfe, total)
+    return SampleResult(x, ctx.nfe, done, int(editable.sum()), stopped)
+
+
+def _block_schedule(process: Process, current: Callable[[], torch.Tensor], ctx: StepContext,
+                    spb: int, threshold: bool):
+    """(t, s, n_commit) of each step of one block. Fixed: ``spb`` steps on the grid 1 → 0, with
+    LLaDA's commit counts under confidence remasking. Threshold: at least one commit per step until
+    the block is decided (``current()`` is the state before each step), t falling by 1/K a step
+    for a block of K undecided positions."""
+    def noisy() -> torch.Tensor:
+        return (process.is_noisy(current()) & ctx.editable).sum(dim=1)      # (B,)
+
+    if threshold:
+        k = noisy()
+        K = max(int(k.max()), 1)
+        one = torch.ones_like(k)
+        for j in range(K):
+            if j and not bool(noisy().any()):
+                return
+            yield 1.0 - j / K, 1.0 - (j + 1) / K, one
+        return
+    schedule = None
+    if ctx.options.remasking != "ancestral":
+        schedule = transfer_schedule(noisy(), spb)
+    for j in range(spb):
+        yield 1.0 - j / spb, 1.0 - (j + 1) / spb, (schedule[:, j] if schedule is not None else None)

@@ -33,7 +33,7 @@ from thunderdlm.config import check, param
 from thunderdlm.processes.base import LossOutput, Process, StepContext, StepOutput
 from thunderdlm.processes.config import ProcessConfig
 from thunderdlm.processes.discrete.schedules import SCHEDULES, build_schedule
-from thunderdlm.categorical import draw_tokens, filter_logits
+from thunderdlm.categorical import draw_tokens
 
 NEG_INF = -1e6  # SUBS uses a large finite negative number rather than −inf (keeps softmax finite)
 
@@ -70,6 +70,7 @@ def stratified_times(n: int, device: torch.device, generator: torch.Generator | 
 class MaskedProcess(Process):
     name = "masked"
     config_cls = MaskedConfig
+    supports_threshold = True
 
     def __init__(self, cfg: MaskedConfig, vocab_size: int):
         super().__init__(cfg, vocab_size)
@@ -155,32 +156,52 @@ class MaskedProcess(Process):
     def is_noisy(self, x: torch.Tensor) -> torch.Tensor:
         return x == self.mask_id
 
-    def _predict(self, model: nn.Module, x: torch.Tensor, t: float, ctx: StepContext) -> torch.Tensor:
-        """Logits over clean tokens (mask removed), cached across steps for a time-agnostic model
-        while x does not change (MDLM's ddpm_cache: no new forward pass is needed)."""
-        cached = ctx.cache.get("logits")
-        if cached is not None and not self.cfg.time_conditioning and torch.equal(ctx.cache["x"], x):
-            return cached
+    def _span(self, editable: torch.Tensor) -> tuple[int, int]:
+        """[lo, hi) columns a step works on: the editable ones, lo moved back onto the process's
+        block grid (block diffusion reads a block from its first position)."""
+        cols = editable.any(dim=0).nonzero().flatten()
+        lo, hi = int(cols[0]), int(cols[-1]) + 1
+        if self.block_grid:
+            lo = lo // self.block_grid * self.block_grid
+        return lo, hi
+
+    def _network_logits(self, model: nn.Module, x: torch.Tensor, lo: int, hi: int, t: float,
+                        ctx: StepContext) -> torch.Tensor:
+        """The network's logits (B, hi − lo, V+1) at the span: one bidirectional forward."""
         tt = torch.full((x.shape[0],), t, device=x.device)
-        logits = model(x, self.conditioning(tt)).float()
+        return model(x, self.conditioning(tt))[:, lo:hi]
+
+    def _predict(self, model: nn.Module, x: torch.Tensor, t: float, ctx: StepContext,
+                 lo: int, hi: int) -> torch.Tensor:
+        """Logits (B, hi − lo, V+1) over clean tokens (mask removed), cached across steps for a
+        time-agnostic model while x does not change (MDLM's ddpm_cache: no new forward pass)."""
+        cached = ctx.cache.get("logits")
+        if (cached is not None and not self.cfg.time_conditioning and ctx.cache["span"] == (lo, hi)
+                and torch.equal(ctx.cache["x"], x)):
+            return cached
+        logits = self._network_logits(model, x, lo, hi, t, ctx).float()
         logits[..., self.mask_id] = float("-inf")
         ctx.nfe += 1
-        ctx.cache["logits"], ctx.cache["x"] = logits, x.clone()
+        ctx.cache["logits"], ctx.cache["x"], ctx.cache["span"] = logits, x.clone(), (lo, hi)
         return logits
 
     def step(self, model: nn.Module, x: torch.Tensor, ctx: StepContext) -> StepOutput:
         masked = (x == self.mask_id) & ctx.editable                             # (B, L)
         if not masked.any():
             return StepOutput(x, x)
-        logits = self._predict(model, x, ctx.t, ctx)                            # (B, L, V+1)
+        lo, hi = self._span(ctx.editable)
+        logits = self._predict(model, x, ctx.t, ctx, lo, hi)                    # (B, S, V+1)
         opts = ctx.options
+        xs, ms = x[:, lo:hi], masked[:, lo:hi]                                  # (B, S)
         cand = draw_tokens(logits, opts.temperature, opts.top_k, opts.top_p, ctx.generator)
-        if ctx.n_commit is None or opts.remasking == "ancestral":
-            commit = self._ancestral_commit(masked, ctx)
+        if opts.threshold is not None or (ctx.n_commit is not None and opts.remasking != "ancestral"):
+            commit = self._confidence_commit(logits, cand, ms, ctx)
         else:
-            commit = self._confidence_commit(logits, cand, masked, ctx)
-        x_new = torch.where(commit, cand, x)
-        return StepOutput(x_new, torch.where(masked, cand, x))
+            commit = self._ancestral_commit(ms, ctx)
+        x_new, x0_hat = x.clone(), x.clone()
+        x_new[:, lo:hi] = torch.where(commit, cand, xs)
+        x0_hat[:, lo:hi] = torch.where(ms, cand, xs)
+        return StepOutput(x_new, x0_hat)
 
     def _ancestral_commit(self, masked: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """Unmask each masked position with probability (α_s − α_t)/(1 − α_t)."""
@@ -192,25 +213,33 @@ class MaskedProcess(Process):
         return masked & (u < p)
 
     def _confidence_commit(self, logits, cand, masked, ctx: StepContext) -> torch.Tensor:
-        """LLaDA: commit the n_commit most confident masked positions of each row."""
-        if ctx.options.remasking == "low_confidence":
-            # confidence from the un-tempered distribution, as LLaDA's generate.py does
-            probs = torch.softmax(filter_logits(logits, 0, 1.0), dim=-1)
-            conf = probs.gather(-1, cand.unsqueeze(-1)).squeeze(-1)
-        elif ctx.options.remasking == "random":
+        """LLaDA: commit the n_commit most confident masked positions of each row; with a
+        threshold τ (Fast-dLLM) also every masked position whose confidence exceeds τ."""
+        opts = ctx.options
+        if opts.remasking == "random" and opts.threshold is None:
             conf = torch.rand(masked.shape, device=masked.device, generator=ctx.generator)
+        elif opts.remasking in ("low_confidence", "ancestral", "random"):
+            # confidence from the un-tempered distribution, as LLaDA's generate.py does
+            probs = torch.softmax(logits, dim=-1)
+            conf = probs.gather(-1, cand.unsqueeze(-1)).squeeze(-1)
         else:
-            raise ValueError(f"unknown remasking {ctx.options.remasking!r}")
+            raise ValueError(f"unknown remasking {opts.remasking!r}")
         conf = torch.where(masked, conf.float(), torch.full_like(conf.float(), float("-inf")))
-        order = conf.argsort(dim=-1, descending=True)                            # (B, L)
+        order = conf.argsort(dim=-1, descending=True)                            # (B, S)
         rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[1],
                                                 device=order.device).expand_as(order))
-        return masked & (rank < ctx.n_commit[:, None])
+        commit = masked & (rank < ctx.n_commit[:, None])
+        if opts.threshold is not None:
+            commit |= masked & (conf > opts.threshold)
+        return commit
 
     def finalize(self, model: nn.Module, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """Noise removal: fill any mask still left with the argmax of p_θ (MDLM, §1.7)."""
         masked = (x == self.mask_id) & ctx.editable
         if not masked.any():
             return x
-        logits = self._predict(model, x, 0.0, ctx)
-        return torch.where(masked, logits.argmax(-1), x)
+        lo, hi = self._span(ctx.editable)
+        logits = self._predict(model, x, 0.0, ctx, lo, hi)
+        x = x.clone()
+        x[:, lo:hi] = torch.where(masked[:, lo:hi], logits.argmax(-1), x[:, lo:hi])
+        return x

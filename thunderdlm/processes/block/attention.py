@@ -1,0 +1,57 @@
+"""Attention patterns of block diffusion (BD3-LM, SPEC.md §7.3) as boolean masks, True = may attend.
+
+Positions are cut into blocks of ``bs`` tokens on a grid that starts at position 0: block(p) = p // bs.
+
+Training input ``x_t ⊕ x0`` of length 2L (the noisy copy first, then the clean one; both halves at
+positions 0..L−1). With o = 1 for the clean half and b the block of a position::
+
+    allow(q, k) = [b_q = b_k ∧ o_q = o_k]            M_BD : inside a block, same half
+                ∨ [b_q > b_k ∧ o_k = 1 ∧ o_q = 0]     M_OBC: a noisy block sees earlier clean blocks
+                ∨ [b_q ≥ b_k ∧ o_k = 1 ∧ o_q = 1]     M_BC : the clean half is block-causal
+
+So the noisy block b sees itself and the clean blocks < b, never a clean token of a block ≥ b: the
+logits of block b are p_θ(x0_b | x_t,b, x0_<b), every block's term of the NELBO in one forward.
+
+Decoding (one sequence of clean blocks followed by the current noisy block) is the same pattern
+restricted to what exists: ``block_causal`` over positions, each query seeing every key of its own
+block and of earlier blocks. ``chunk_mask`` is that pattern for a chunk fed after a KV cache.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def training_mask(L: int, bs: int, device: torch.device | None = None) -> torch.Tensor:
+    """(2L, 2L) bool mask of the ``x_t ⊕ x0`` training input (the three terms above)."""
+    idx = torch.arange(2 * L, device=device)
+    clean = idx >= L                                                     # o: (2L,)
+    block = torch.where(clean, idx - L, idx) // bs                        # b: (2L,)
+    bq, bk = block[:, None], block[None, :]
+    oq, ok = clean[:, None], clean[None, :]
+    diagonal = (bq == bk) & (oq == ok)
+    offset_causal = (bq > bk) & ok & ~oq
+    clean_causal = (bq >= bk) & ok & oq
+    return diagonal | offset_causal | clean_causal
+
+
+def training_positions(L: int, device: torch.device | None = None) -> torch.Tensor:
+    """(2L,) positions of ``x_t ⊕ x0``: 0..L−1 twice."""
+    pos = torch.arange(L, device=device)
+    return torch.cat([pos, pos])
+
+
+def block_causal(q_pos: torch.Tensor, k_pos: torch.Tensor, bs: int) -> torch.Tensor:
+    """(Lq, Lk) bool: query at position p sees keys in blocks ≤ block(p)."""
+    return (k_pos[None, :] // bs) <= (q_pos[:, None] // bs)
+
+
+def chunk_mask(cached: int, start: int, end: int, bs: int,
+               device: torch.device | None = None) -> torch.Tensor:
+    """(end − start, end) bool: the new positions start..end−1 after ``cached`` = start cached ones.
+
+    ``cached`` must sit on the block grid (the cache holds whole clean blocks only)."""
+    if cached != start or start % bs:
+        raise ValueError(f"the cache must end on a block boundary at the chunk start, got "
+                         f"cached={cached}, start={start}, block size {bs}")
+    return block_causal(torch.arange(start, end, device=device),
+                        torch.arange(end, device=device), bs)

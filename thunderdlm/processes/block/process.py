@@ -1,0 +1,189 @@
+"""Block diffusion (BD3-LM, Arriola et al. 2025; SPEC.md §7): blocks left to right, each denoised by
+masked diffusion given the clean blocks before it.
+
+Notation map (as in ``discrete/masked.py``, plus the blocks):
+
+    bs            block size; block b holds positions [b·bs, (b+1)·bs), nb = L / bs blocks
+    t_b           the noise time of block b, one per block (B, nb); every token of the block is
+                  masked independently with probability m(t_b) = 1 − α(t_b)
+    x_t           x0 with each block masked at its own t_b
+    p_θ(·|x_t,b, x0_<b)   the network's SUBS distribution for block b, from the noisy block b and
+                  the clean blocks before it (block-causal attention, ``block/attention.py``)
+
+The likelihood factorises over blocks, −log p(x0) = Σ_b −log p(x0_b | x0_<b), and each factor is
+bounded by the masked-diffusion NELBO of one block given its clean prefix::
+
+    NELBO(x0) = Σ_b E_{t_b} E_{x_t,b} [ w(t_b) · Σ_{i ∈ b, x_t^i = M} −log p_θ(x0^i | x_t,b, x0_<b) ] / L
+
+with w(t) = −α'_t/(1−α_t) (= 1/t for log-linear). ``bs = L`` is MDLM's bound; ``bs = 1`` with
+t = 1 is the autoregressive NLL of the same network (each token masked, seeing the clean tokens
+before it). Training computes every block's term in one forward over ``x_t ⊕ x0`` (length 2L, both
+halves at positions 0..L−1, BD3-LM's mask) and keeps the first L outputs.
+
+Training may draw t_b from a clipped interval [sampling_eps, sampling_eps_max] (BD3-LM's
+data-driven variance reduction: ``select_noise_interval`` measures the NELBO's variance per
+interval); the bound reported by ``nelbo`` always integrates over the whole (0, 1].
+
+Sampling inherits the masked process's reverse step (ancestral, LLaDA's fixed-count confidence
+commits, Fast-dLLM's threshold) and replaces how the network is called: the loop decodes the
+blocks of this process's grid left to right (``block_grid``); with a KV cache (``kv_cache``, for
+backbones with ``supports_kv_cache``) the clean blocks are fed once — the first call of a block
+feeds the block just finished together with the new noisy block — and each call runs only the
+current block's tokens against the cached keys and values. This is exact (the clean prefix never
+sees later blocks), unlike a prefix cache over a bidirectional model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from thunderdlm.config import check, param
+from thunderdlm.errors import ConfigError
+from thunderdlm.models.kv_cache import KVCache
+from thunderdlm.processes.base import LossOutput, StepContext
+from thunderdlm.processes.block.attention import (block_causal, chunk_mask, training_mask,
+                                                  training_positions)
+from thunderdlm.processes.discrete.masked import NEG_INF, MaskedConfig, MaskedProcess, stratified_times
+
+KV_KEY, FED_KEY = "block_kv", "block_fed"     # ctx.run_cache keys: the KVCache and the tokens in it
+
+
+@dataclass
+class BlockConfig(MaskedConfig):
+    name: str = param("block", help="block diffusion (BD3-LM): blocks generated left to right, each "
+                                    "denoised by masked diffusion given the clean blocks before it")
+    block_size: int = param(16, help="tokens per block; 1 = autoregressive, seq_len = masked "
+                                     "diffusion (the sequence length must be a multiple of it)")
+    time_conditioning: bool = param(False, help="feed σ(t_b) to the network for the noisy block "
+                                                "(BD3-LM default: off)")
+    sampling_eps_max: float = param(
+        1.0, help="training draws t_b in [sampling_eps, sampling_eps_max] (BD3-LM's clipped "
+                  "interval β_min..β_max, see select_noise_interval); evaluation uses (0, 1]")
+    kv_cache: bool = param(True, help="sample with an exact KV cache over the finished blocks; "
+                                      "false recomputes the clean prefix at every step (same tokens)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(self.block_size >= 1, "process.block_size", f"must be ≥ 1, got {self.block_size}")
+        check(self.sampling_eps <= self.sampling_eps_max <= 1.0, "process.sampling_eps_max",
+              f"must lie in [sampling_eps={self.sampling_eps}, 1], got {self.sampling_eps_max}")
+        check(self.loss_estimator == "nelbo", "process.loss_estimator",
+              "block diffusion trains on the NELBO itself ('nelbo')")
+
+
+class BlockDiffusionProcess(MaskedProcess):
+    name = "block"
+    config_cls = BlockConfig
+
+    # ---- blocks ----------------------------------------------------------------------------------
+    @property
+    def block_grid(self) -> int:
+        """The sampler decodes blocks on this grid (positions [b·bs, (b+1)·bs))."""
+        return self.cfg.block_size
+
+    def _blocks(self, x0: torch.Tensor) -> int:
+        """Blocks covering a window; a last, shorter block when L is not a multiple of bs."""
+        return -(-x0.shape[1] // self.cfg.block_size)
+
+    def check_network(self, model: nn.Module) -> None:
+        """The shifted head of an AR adapter reads position i−1, which is another block's noisy
+        token in the x_t ⊕ x0 layout: refused with a named error."""
+        if getattr(getattr(model, "cfg", None), "shift_logits", False):
+            raise ConfigError("config field 'model.shift_logits': block diffusion reads each "
+                              "position's own output; set model.shift_logits=false")
+
+    # ---- loss and bound --------------------------------------------------------------------------
+    def block_nelbo_at(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor,
+                       generator: torch.Generator | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sequence NELBO per token with block times t (B, nb), every block in one forward.
+
+        Returns (nelbo (B,), masked fraction (B,))."""
+        self.check_network(model)
+        B, L = x0.shape
+        bs = self.cfg.block_size
+        t_tok = t.repeat_interleave(bs, dim=1)[:, :L]                           # (B, L)
+        u = torch.rand(x0.shape, device=x0.device, generator=generator)
+        masked = u < self.schedule.mask_prob(t_tok)                             # (B, L)
+        xt = torch.where(masked, torch.full_like(x0, self.mask_id), x0)
+        sigma = None
+        if self.cfg.time_conditioning:   # σ(t_b) on the noisy half, 0 on the clean half
+            sigma = torch.cat([self.schedule.sigma_for_conditioning(t_tok),
+                               torch.zeros_like(t_tok)], dim=1)                 # (B, 2L)
+        logits = model(torch.cat([xt, x0], dim=1), sigma,
+                       attn_mask=training_mask(L, bs, x0.device),
+                       positions=training_positions(L, x0.device))[:, :L].float()   # (B, L, V+1)
+        logits[..., self.mask_id] = NEG_INF                                     # SUBS
+        nll = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")     # (B, L)
+        nll = torch.where(masked, nll, torch.zeros_like(nll))
+        per_seq = (self.schedule.nelbo_weight(t_tok) * nll).sum(dim=1) / L
+        return per_seq, masked.float().mean(dim=1)
+
+    def block_times(self, B: int, nb: int, device: torch.device, lo: float, hi: float,
+                    generator: torch.Generator | None = None, permute: bool = False) -> torch.Tensor:
+        """(B, nb) times in (lo, hi], one stratum of the B·nb draws each (BD3-LM); ``permute``
+        assigns the strata to (row, block) cells by a fresh permutation (unbiased per window)."""
+        u = stratified_times(B * nb, device, generator, self.cfg.stratified)     # (B·nb,)
+        if permute:
+            u = u[torch.randperm(B * nb, device=device, generator=generator)]
+        return (lo + (hi - lo) * u).view(B, nb)
+
+    def loss(self, model: nn.Module, x0: torch.Tensor) -> LossOutput:
+        t = self.block_times(x0.shape[0], self._blocks(x0), x0.device,
+                             self.cfg.sampling_eps, self.cfg.sampling_eps_max)
+        per_seq, frac = self.block_nelbo_at(model, x0, t)
+        return LossOutput(per_seq.mean(), {"mask_frac": frac.mean().item()})
+
+    def nelbo(self, model: nn.Module, x0: torch.Tensor,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+        # the whole interval (0, 1]: an unbiased estimate of the exact NELBO
+        t = self.block_times(x0.shape[0], self._blocks(x0), x0.device, 0.0, 1.0, generator,
+                             permute=True)
+        return self.block_nelbo_at(model, x0, t, generator)[0]
+
+    # ---- sampling: the network call of one step -------------------------------------------------
+    def _network_logits(self, model: nn.Module, x: torch.Tensor, lo: int, hi: int,
+                        t: float, ctx: StepContext) -> torch.Tensor:
+        """Logits (B, hi − lo, V+1) of the grid block span [lo, hi) (lo on the grid) given the
+        clean tokens x[:, :lo]; positions ≥ hi are not read."""
+        self.check_network(model)
+        if self.cfg.kv_cache and getattr(model, "supports_kv_cache", False):
+            return self._cached_logits(model, x, lo, hi, t, ctx)
+        pos = torch.arange(hi, device=x.device)
+        sigma = self._step_sigma(x.shape[0], lo, hi, 0, t, x.device)
+        return model(x[:, :hi], sigma, attn_mask=block_causal(pos, pos, self.cfg.block_size)
+                     )[:, lo:hi]
+
+    def _step_sigma(self, B: int, lo: int, hi: int, start: int, t: float,
+                    device: torch.device) -> torch.Tensor | None:
+        """Per-token σ of the fed positions start..hi−1: 0 on clean ones, σ(t) on the block."""
+        if not self.cfg.time_conditioning:
+            return None
+        sigma = torch.zeros(B, hi - start, device=device)
+        tt = torch.full((B,), t, device=device)
+        sigma[:, lo - start:] = self.schedule.sigma_for_conditioning(tt)[:, None]
+        return sigma
+
+    def _cached_logits(self, model: nn.Module, x: torch.Tensor, lo: int, hi: int, t: float,
+                       ctx: StepContext) -> torch.Tensor:
+        """Feed only what the cache lacks: the clean blocks from the cache's end to lo (once) and
+        the noisy block [lo, hi); keep the clean part's keys and values, drop the block's."""
+        bs = self.cfg.block_size
+        cache: KVCache | None = ctx.run_cache.get(KV_KEY)
+        fed: torch.Tensor | None = ctx.run_cache.get(FED_KEY)                   # (B, P)
+        if cache is None or fed is None or fed.shape[0] != x.shape[0]:
+            cache, fed = model.new_kv_cache(), x[:, :0]
+        P = min(fed.shape[1], lo)
+        same = (fed[:, :P] == x[:, :P]).all(dim=0)                              # (P,)
+        valid = P if bool(same.all()) else int((~same).int().argmax())
+        start = valid // bs * bs                                                # whole clean blocks
+        cache.crop(start)
+        sigma = self._step_sigma(x.shape[0], lo, hi, start, t, x.device)
+        out = model(x[:, start:hi], sigma, causal=True, kv_cache=cache,
+                    attn_mask=chunk_mask(start, start, hi, bs, x.device))       # (B, hi−start, V+1)
+        cache.crop(lo)
+        ctx.run_cache[KV_KEY], ctx.run_cache[FED_KEY] = cache, x[:, :lo].clone()
+        return out[:, lo - start:]
