@@ -8,7 +8,8 @@ from thunderdlm.config import from_dict
 from thunderdlm.errors import ConfigError
 from thunderdlm.models import ModelConfig, build_model
 from thunderdlm.processes import ProcessConfig, SampleOptions, build_process
-from thunderdlm.processes.block.attention import block_causal, chunk_mask, training_mask
+from thunderdlm.processes.block.attention import (block_causal, chunk_mask, training_mask,
+                                                  training_plan)
 from thunderdlm.sampling.loop import run_sampler
 
 V, L = 13, 16
@@ -54,6 +55,18 @@ def test_block_size_L_never_lets_the_noisy_half_see_the_clean_half():
     assert not m[:L, L:].any() and m[:L, :L].all()
 
 
+@pytest.mark.parametrize("L_,bs,chunk", [(16, 4, 8), (16, 16, 32), (15, 4, 8), (16, 1, 4), (24, 4, 32)])
+def test_piecewise_training_mask_is_the_dense_one_and_attends_alike(L_, bs, chunk):
+    plan = training_plan(L_, bs, chunk)
+    assert torch.equal(plan.dense(), training_mask(L_, bs))
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 2 * L_, 8, generator=g) for _ in range(3))
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=training_mask(L_, bs))
+    torch.testing.assert_close(plan.attend(q, k, v), ref, atol=1e-5, rtol=1e-5)
+    scores = sum(m.numel() for _, _, m in plan.pieces)
+    assert scores < (2 * L_) ** 2 or bs == L_
+
+
 def test_chunk_mask_is_block_causal_over_the_cache():
     m = chunk_mask(8, 8, 16, 4)
     assert m.shape == (8, 16)
@@ -77,6 +90,9 @@ def test_one_forward_over_xt_and_x0_equals_block_by_block(name, over, time_condi
     pos = torch.arange(L)
     full = net(torch.cat([xt, x0], 1), torch.cat([sig, torch.zeros_like(sig)], 1),
                attn_mask=training_mask(L, bs), positions=torch.cat([pos, pos]))[:, :L]
+    pieces = net(torch.cat([xt, x0], 1), torch.cat([sig, torch.zeros_like(sig)], 1),
+                 attn_mask=training_plan(L, bs, 8), positions=torch.cat([pos, pos]))[:, :L]
+    torch.testing.assert_close(pieces, full, atol=1e-5, rtol=1e-5)
     for b in range(L // bs):
         lo, hi = b * bs, (b + 1) * bs
         inp = torch.cat([x0[:, :lo], xt[:, lo:hi]], 1)

@@ -31,7 +31,9 @@ Continuous inputs and features (embedding diffusion, diffusion forcing, adapters
 Structured attention (block diffusion, BD3-LM)::
 
     logits = model(x, sigma, attn_mask=m, positions=pos)
-                                             # m (L, L) or (B, 1, L, L) bool, True = may attend;
+                                             # m (L, L) or (B, 1, L, L) bool, True = may attend,
+                                             # or a PiecewiseMask (the same pattern run piece by
+                                             # piece: models/attention_mask.py);
                                              # it replaces ``causal``. pos (L,) long: the
                                              # position of each input (rotary angles, position
                                              # tables), default 0..L-1; with ``positions`` the
@@ -68,6 +70,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from thunderdlm.models.attention_mask import PiecewiseMask
 from thunderdlm.models.config import ModelConfig
 from thunderdlm.models.kv_cache import KVCache
 
@@ -189,7 +192,11 @@ class Backbone(nn.Module, metaclass=ABCMeta):
                          positions: torch.Tensor | None, cached: int = 0) -> None:
         """``attn_mask`` (L, cached + L) or (B, 1, L, cached + L) bool; ``positions`` (L,) long in
         [0, max_seq_len)."""
-        if attn_mask is not None:
+        if isinstance(attn_mask, PiecewiseMask):
+            if cached or attn_mask.shape != (L, L):
+                raise ValueError(f"a PiecewiseMask of shape {attn_mask.shape} does not fit "
+                                 f"{L} positions (and needs no KV cache)")
+        elif attn_mask is not None:
             if attn_mask.dtype != torch.bool or attn_mask.shape[-2:] != (L, cached + L):
                 raise ValueError(f"attn_mask must be bool (..., {L}, {cached + L}), got "
                                  f"{attn_mask.dtype} {tuple(attn_mask.shape)}")

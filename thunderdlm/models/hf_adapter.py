@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from thunderdlm.errors import ConfigError
+from thunderdlm.models.attention_mask import PiecewiseMask
 from thunderdlm.models.base import Backbone
 from thunderdlm.models.config import ModelConfig, freeze_range
 from thunderdlm.models.hf_io import load_causal_lm
@@ -185,6 +186,8 @@ class HFDenoiser(Backbone):
                 film = per_token(self.time_film(c))
                 self._film = film.view(*film.shape[:2], self.n_layers, 2, self._hidden)
         try:
+            if isinstance(attn_mask, PiecewiseMask):
+                attn_mask = attn_mask.dense()   # the decoder takes one (additive) mask tensor
             attention = (self._attention(h, causal) if attn_mask is None
                          else self._explicit_mask(h, attn_mask))
             if positions is not None:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from thunderdlm.models.attention_mask import PiecewiseMask
 from thunderdlm.models.kv_cache import LayerKV
 
 # ----------------------------------------------------------------------------------------------
@@ -214,8 +215,8 @@ class SelfAttention(nn.Module):
                 positions: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, L, D) -> (B, L, D).
 
-        ``mask`` (L, L) or (B, 1, L, L) bool, True = may attend, replaces ``causal`` (block
-        diffusion's block-causal patterns); ``positions`` (L,) long are the rotary positions
+        ``mask`` (L, L) or (B, 1, L, L) bool, True = may attend, or a ``PiecewiseMask`` (run piece
+        by piece), replaces ``causal`` (block diffusion's block-causal patterns); ``positions`` (L,) long are the rotary positions
         (default 0..L-1). With ``kv`` see :meth:`_forward_cached`.
         """
         B, L, D = x.shape
@@ -226,8 +227,11 @@ class SelfAttention(nn.Module):
         if self.rotary is not None:
             q, k = self.rotary.apply(q, k, positions=positions)
         p = self.attn_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
-                                           is_causal=causal and mask is None)  # (B, H, L, Dh)
+        if isinstance(mask, PiecewiseMask):                                 # structured pattern
+            y = mask.attend(q, k, v, dropout_p=p)                           # (B, H, L, Dh)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                               is_causal=causal and mask is None)  # (B, H, L, Dh)
         y = y.transpose(1, 2).reshape(B, L, D)                              # (B, L, D)
         return self.c_proj(y)
 

@@ -44,7 +44,7 @@ from thunderdlm.config import check, param
 from thunderdlm.errors import ConfigError
 from thunderdlm.models.kv_cache import KVCache
 from thunderdlm.processes.base import LossOutput, StepContext
-from thunderdlm.processes.block.attention import (block_causal, chunk_mask, training_mask,
+from thunderdlm.processes.block.attention import (block_causal, chunk_mask, training_plan,
                                                   training_positions)
 from thunderdlm.processes.discrete.masked import NEG_INF, MaskedConfig, MaskedProcess, stratified_times
 
@@ -113,14 +113,21 @@ class BlockDiffusionProcess(MaskedProcess):
         if self.cfg.time_conditioning:   # σ(t_b) on the noisy half, 0 on the clean half
             sigma = torch.cat([self.schedule.sigma_for_conditioning(t_tok),
                                torch.zeros_like(t_tok)], dim=1)                 # (B, 2L)
-        logits = model(torch.cat([xt, x0], dim=1), sigma,
-                       attn_mask=training_mask(L, bs, x0.device),
+        logits = model(torch.cat([xt, x0], dim=1), sigma, attn_mask=self._plan(L, x0.device),
                        positions=training_positions(L, x0.device))[:, :L].float()   # (B, L, V+1)
         logits[..., self.mask_id] = NEG_INF                                     # SUBS
         nll = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")     # (B, L)
         nll = torch.where(masked, nll, torch.zeros_like(nll))
         per_seq = (self.schedule.nelbo_weight(t_tok) * nll).sum(dim=1) / L
         return per_seq, masked.float().mean(dim=1)
+
+    def _plan(self, L: int, device: torch.device):
+        """The x_t ⊕ x0 mask as pieces (``training_plan``), built once per (L, device)."""
+        key = (L, str(device))
+        plans = self.__dict__.setdefault("_plans", {})
+        if key not in plans:
+            plans[key] = training_plan(L, self.cfg.block_size, device=device)
+        return plans[key]
 
     def block_times(self, B: int, nb: int, device: torch.device, lo: float, hi: float,
                     generator: torch.Generator | None = None, permute: bool = False) -> torch.Tensor:
