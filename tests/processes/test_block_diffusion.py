@@ -214,3 +214,16 @@ def test_threshold_decoding_commits_every_confident_position_and_at_least_one(or
     out = _decode(proc, unsure, torch.zeros_like(x0), editable,
                   SampleOptions(threshold=0.9, temperature=0.0))
     assert torch.equal(out.tokens, x0) and out.nfe == L               # one commit per call
+
+
+def test_noise_interval_search_ranks_candidates_by_loss_variance():
+    proc = block_process(4)
+    net = network(proc)
+    g = torch.Generator().manual_seed(9)
+    batches = [torch.randint(0, V, (4, L), generator=g) for _ in range(3)]
+    (lo, hi), table = proc.select_noise_interval(net, batches, widths=(0.5,), stride=0.25,
+                                                 generator=torch.Generator().manual_seed(0))
+    assert (table[0]["lo"], table[0]["hi"]) == (1e-3, 1.0)                # the full interval first
+    assert [(r["lo"], r["hi"]) for r in table[1:]] == [(1e-3, 0.5), (0.25, 0.75), (0.5, 1.0)]
+    best = min(table, key=lambda r: r["var"])
+    assert (lo, hi) == (best["lo"], best["hi"]) and all(r["var"] >= 0 for r in table)
