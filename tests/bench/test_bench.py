@@ -307,3 +307,40 @@ def test_forcing_vs_teacher_suite_reports_continuations_side_by_side(tmp_path, d
     md = (out / "results.md").read_text()
     assert "## Prompted continuations" in md and "| tf |" in md and "| df |" in md
     assert "(the real continuation)" in md and "**Prompt 2**" in md and "*df:*" in md
+
+
+def test_speed_quality_suite_writes_the_frontier_for_every_method(tmp_path, data_dir):
+    """AR, block diffusion and masked diffusion continue the same prompts at batch 1 and 2; the
+    frontier has a row per (method, setting, batch) with speed, tokens per call and quality."""
+    tiny = "model.n_layer=1, model.n_head=2, model.n_embd=24, model.cond_dim=8"
+    methods = (f"  - {{name: ar, preset: shakespeare_char_ar, overrides: [{tiny}]}}\n"
+               f"  - {{name: block4, preset: shakespeare_char_block, overrides: [{tiny}]}}\n"
+               f"  - {{name: masked, preset: shakespeare_char, overrides: [{tiny}]}}")
+    extra = ("frontier: {n: 3, prompt_chars: 8, new_chars: 8, batch: 2, thresholds: [0.5], masked_block: 4}\n"
+             "eval: {windows: 4, t_samples: 1}")
+    out = tmp_path / "out"
+    assert main(["bench", str(write_suite(tmp_path, suite_yaml(data_dir, methods, extra))),
+                 "--out", str(out), "--quiet"]) == 0
+    rows = json.loads((out / "frontier.json").read_text())["rows"]
+    got = {(r["run"], r["label"], r.get("batch")) for r in rows}
+    assert got == {("ar", "real continuation", None),
+                   ("ar", "AR, KV cache", 1), ("ar", "AR, KV cache", 2),
+                   ("block4", "τ=0.5", 1), ("block4", "τ=0.5", 2),
+                   ("block4", "1 token/call", 1), ("block4", "1 token/call", 2),
+                   ("masked", "τ=0.5, blocks of 4", 1), ("masked", "τ=0.5, blocks of 4", 2)}
+    for r in rows:
+        if "batch" in r:
+            assert r["tokens_per_s"] > 0 and r["new_tokens"] == 8
+            assert r["example"][0] == rows[0]["example"][0] if "example" in rows[0] else True
+    ar1 = next(r for r in rows if r["run"] == "ar" and r.get("batch") == 1)
+    assert ar1["tokens_per_call"] == pytest.approx(1.0) and ar1["nfe"] == 3 * 8
+    fast = [r for r in rows if r["label"] == "τ=0.5"]
+    assert all(1.0 <= r["tokens_per_call"] <= 4.0 for r in fast)      # at most a block per call
+    assert "| block4 | τ=0.5 | 1 |" in (out / "frontier.md").read_text()
+    assert (out / "frontier.png").stat().st_size > 0
+
+
+def test_shipped_speed_quality_suite_names_its_methods():
+    suite, _ = load_suite("speed_quality")
+    assert [m.name for m in suite.methods] == ["ar", "block4", "block16", "masked"]
+    assert suite.frontier.n == 16 and suite.frontier.thresholds == [0.5, 0.7, 0.9]

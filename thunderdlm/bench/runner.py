@@ -58,7 +58,21 @@ def run_suite(plan: SuitePlan, *, only: list[str] | None = None, force: bool = F
     results = assemble(plan, actions, log)
     write_results(results, plan.out)
     write_report(results, plan.out)
+    if plan.suite.frontier.n:
+        measure_suite_frontier(plan, log)
     return results
+
+
+def measure_suite_frontier(plan: SuitePlan, log: Log) -> None:
+    """The speed–quality frontier of every trained method → <out>/frontier.{json,md,png}."""
+    from thunderdlm.bench.frontier import run_frontier
+
+    runs = [m.run_dir for m in plan.methods if ck.list_checkpoints(m.run_dir)]
+    judge = next(iter(plan.judges.values()), None)
+    log(f"== speed–quality frontier: {len(runs)} methods, {plan.suite.frontier.n} prompts ==")
+    run_frontier(runs, plan.suite.frontier, judge, plan.out, seed=plan.suite.seed,
+                 device=plan.suite.device, log=log,
+                 meta={"suite": plan.suite.name, "judge": next(iter(plan.judges), None)})
 
 
 # ---- training ------------------------------------------------------------------------------------

@@ -130,6 +130,30 @@ class ContinuationSettings:
 
 
 @dataclass
+class FrontierSettings:
+    """The speed–quality frontier (``bench/frontier.py``), measured after every method is trained."""
+
+    n: int = param(0, help="held-out prompts every method continues at batch 1 and `batch` "
+                           "(0 = no frontier)")
+    prompt_chars: int = param(128, help="characters of prompt")
+    new_chars: int = param(128, help="characters to generate (converted to each run's tokens)")
+    batch: int = param(16, help="the second batch size (the first is 1)")
+    thresholds: list[float] = param(default_factory=lambda: [0.5, 0.7, 0.9],
+                                    help="confidence thresholds τ for block / masked diffusion")
+    masked_block: int = param(16, help="block length of threshold decoding on a plain masked model")
+    temperature: float = param(1.0, help="sampling temperature of every setting")
+
+    def __post_init__(self):
+        suite_check(self.n >= 0, "frontier.n", f"must be ≥ 0 (0 = off), got {self.n}")
+        for name in ("prompt_chars", "new_chars", "batch", "masked_block"):
+            suite_check(getattr(self, name) >= 1, f"frontier.{name}",
+                        f"must be ≥ 1, got {getattr(self, name)}")
+        for i, tau in enumerate(self.thresholds):
+            suite_check(0.0 <= tau <= 1.0, f"frontier.thresholds[{i}]", f"must be in [0, 1], got {tau}")
+        suite_check(self.temperature >= 0, "frontier.temperature", f"must be ≥ 0, got {self.temperature}")
+
+
+@dataclass
 class Suite:
     name: str = param("", help="the suite's name (default: its file name)")
     description: str = param("", help="one line saying what the suite compares")
@@ -143,6 +167,9 @@ class Suite:
     continuations: ContinuationSettings = param(default_factory=ContinuationSettings,
                                                 help="prompted continuations of held-out text "
                                                      "(BLEU, real words, judge NLL given the prompt)")
+    frontier: FrontierSettings = param(default_factory=FrontierSettings,
+                                       help="speed–quality frontier: the same held-out prompts "
+                                            "continued by every method at batch 1 and B")
     judges: list[str] = param(default_factory=list,
                               help="judge models for generative NLL: 'smollm2' or an AR run folder "
                                    "(empty: no judge)")

@@ -7,7 +7,8 @@ The loop owns what is not a process's math:
   text is everything else, and the loop re-imposes it after every step, so it can never change;
 - semi-autoregressive blocks (LLaDA, §2.3): the editable region is cut into consecutive blocks of
   ``block_length`` positions, decoded left to right, each with its own sweep t: 1 → 0; a process
-  with a ``block_grid`` (block diffusion) has its blocks cut on that grid instead;
+  with a ``block_grid`` (block diffusion) has its blocks cut on that grid instead, and each of them
+  gets at least one step (fewer ``steps`` than blocks become one step per block);
 - parallel-decoding schedules: with confidence-based remasking the loop tells the step how many
   positions to commit (``n_j = ⌊K/spb⌋ + [j < K mod spb]``, so that a block of K noisy positions is
   finished after exactly its ``spb`` steps);
@@ -130,6 +131,8 @@ def run_sampler(process: Process, model: nn.Module, x_init: torch.Tensor, editab
     blocks = block_ranges(editable, block_length, process.block_grid)
     threshold = options.threshold is not None
     sizes = [hi - lo for lo, hi in blocks]
+    if process.block_grid and steps < len(blocks):
+        steps = len(blocks)       # the process's own blocks: at least one step each (see result.steps)
     per_block = ([0] * len(blocks) if threshold else split_steps(steps, len(blocks), sizes)) if blocks else []
     ctx = StepContext(t=1.0, s=1.0, editable=editable, options=options, generator=generator)
     done, total, stopped = 0, sum(per_block), False
