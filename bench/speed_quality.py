@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.7, 0.9])
     ap.add_argument("--masked-block", type=int, default=16)
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--repeats", type=int, default=2, help="timings per generation (fastest kept)")
     ap.add_argument("--judge", default="smollm2", help="'smollm2', an AR run folder, or 'none'")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: every method alike)")
     ap.add_argument("--seed", type=int, default=0)
@@ -39,7 +40,7 @@ def main() -> None:
     setup_runtime(args.threads)
     s = FrontierSettings(n=args.n, prompt_chars=args.prompt_chars, new_chars=args.new_chars,
                          batch=args.batch, thresholds=args.thresholds, masked_block=args.masked_block,
-                         temperature=args.temperature)
+                         temperature=args.temperature, repeats=args.repeats)
     judge = None
     if args.judge != "none":
         from thunderdlm.judges import load_judge

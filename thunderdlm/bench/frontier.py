@@ -57,8 +57,11 @@ def settings(process_name: str, s: FrontierSettings) -> list[dict]:
 
 
 def generate(lm, texts: list[str], new_tokens: int, setting: dict, batch: int, temperature: float,
-             seed: int) -> tuple[list[str], float, int, int]:
-    """Continuations of ``texts`` in batches of ``batch``: (texts, seconds, nfe, generated)."""
+             seed: int, repeats: int = 1) -> tuple[list[str], float, int, int]:
+    """Continuations of ``texts`` in batches of ``batch``: (texts, seconds, nfe, generated).
+
+    Each batch is generated ``repeats`` times with the same seed (the same tokens) and its fastest
+    time is kept: on a shared machine the minimum is the least disturbed measurement."""
     out, seconds, nfe, generated = [], 0.0, 0, 0
     kw = {k: v for k, v in setting.items() if k in ("threshold", "remasking", "block_length")}
     for i in range(0, len(texts), batch):
@@ -67,10 +70,14 @@ def generate(lm, texts: list[str], new_tokens: int, setting: dict, batch: int, t
         x = torch.tensor([x[len(x) - width:] + [0] * new_tokens for x in ids])
         editable = torch.zeros_like(x, dtype=torch.bool)
         editable[:, width:] = True
-        t0 = time.perf_counter()
-        # steps = tokens: one token per call where no threshold decides the number of steps
-        res = lm.sample_tokens(x, editable, steps=new_tokens, seed=seed + i, temperature=temperature, **kw)
-        seconds += time.perf_counter() - t0
+        best = float("inf")
+        for _ in range(max(repeats, 1)):
+            t0 = time.perf_counter()
+            # steps = tokens: one token per call where no threshold decides the number of steps
+            res = lm.sample_tokens(x, editable, steps=new_tokens, seed=seed + i,
+                                   temperature=temperature, **kw)
+            best = min(best, time.perf_counter() - t0)
+        seconds += best
         nfe, generated = nfe + res.nfe, generated + res.generated
         out += [lm.tokenizer.decode(row[width:].tolist()) for row in res.tokens.cpu()]
     return out, seconds, nfe, generated
@@ -102,7 +109,8 @@ def measure_frontier(run: Path, s: FrontierSettings, judge, *, seed: int = 0, re
              **quality(refs, ps, judge, vocabulary)}] if reference else []
     for setting in settings(lm.process.name, s):
         for batch in dict.fromkeys((1, s.batch)):
-            texts, secs, nfe, gen = generate(lm, ps, new_tokens, setting, batch, s.temperature, seed)
+            texts, secs, nfe, gen = generate(lm, ps, new_tokens, setting, batch, s.temperature, seed,
+                                             s.repeats)
             calls_per_row = nfe / math.ceil(len(ps) / batch)
             row = {"run": name, "process": lm.process.name, "label": setting["label"], "batch": batch,
                    "new_tokens": new_tokens, "seconds": secs, "tokens_per_s": gen / secs, "nfe": nfe,

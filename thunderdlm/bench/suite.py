@@ -142,8 +142,11 @@ class FrontierSettings:
                                     help="confidence thresholds τ for block / masked diffusion")
     masked_block: int = param(16, help="block length of threshold decoding on a plain masked model")
     temperature: float = param(1.0, help="sampling temperature of every setting")
+    repeats: int = param(2, help="times each generation is timed (the fastest counts: the least "
+                                 "disturbed on a shared machine); the tokens are the same each time")
 
     def __post_init__(self):
+        suite_check(self.repeats >= 1, "frontier.repeats", f"must be ≥ 1, got {self.repeats}")
         suite_check(self.n >= 0, "frontier.n", f"must be ≥ 0 (0 = off), got {self.n}")
         for name in ("prompt_chars", "new_chars", "batch", "masked_block"):
             suite_check(getattr(self, name) >= 1, f"frontier.{name}",

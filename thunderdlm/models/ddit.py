@@ -126,9 +126,10 @@ class DDiT(Backbone):
         self._check_structure(x.shape[1], attn_mask, positions,
                               kv_cache.length if kv_cache is not None else 0)
         sigma = self._prepare_sigma(x, sigma)                                # (B,) or (B, L)
-        if not self.cfg.time_conditioning:
-            sigma = torch.zeros_like(sigma)      # time-agnostic (MDLM): the model sees σ = 0
-        c = F.silu(self.sigma_map(sigma))                                    # (B, [L,] C)
+        if self.cfg.time_conditioning:
+            c = F.silu(self.sigma_map(sigma))                                # (B, [L,] C)
+        else:            # time-agnostic (MDLM): σ = 0 for every row, one (1, C) row broadcast
+            c = self._constant_condition(h.device)                           # (1, C)
         for i, block in enumerate(self.blocks):
             h = block(h, c, causal, kv_cache.layer(i) if kv_cache is not None else None,
                       attn_mask, positions)
@@ -137,6 +138,20 @@ class DDiT(Backbone):
         if return_hidden:
             return self.output_layer.features(h, c).float()                  # (B, L, D)
         return self.output_layer(h, c).float()                               # (B, L, out_dim)
+
+    def _constant_condition(self, device: torch.device) -> torch.Tensor:
+        """SiLU(sigma_map(0)) as one (1, C) row: a time-agnostic model's conditioning is the same
+        for every row, so the adaLN layers run on one row and broadcast. Without autograd
+        (sampling, evaluation) it is computed once while the embedder's weights are unchanged."""
+        zero = torch.zeros(1, device=device)
+        if torch.is_grad_enabled():
+            return F.silu(self.sigma_map(zero))
+        key = (str(device),) + tuple((p.data_ptr(), p._version) for p in self.sigma_map.parameters())
+        cached = self.__dict__.get("_c0")
+        if cached is None or cached[0] != key:
+            cached = (key, F.silu(self.sigma_map(zero)))
+            self.__dict__["_c0"] = cached
+        return cached[1]
 
     @property
     def token_embedding(self) -> torch.Tensor:
