@@ -147,3 +147,20 @@ def test_bf16_autocast_on_gpu_keeps_layernorm_and_logits_fp32(tiny_cfg, perturb)
         h.remove()
     assert set(dtypes) == {torch.float32} and logits.dtype == torch.float32
     torch.testing.assert_close(logits, model(x, sigma), atol=0.05, rtol=0.05)
+
+
+def test_time_agnostic_conditioning_cache_follows_weight_updates(tiny_cfg, perturb) -> None:
+    """The (1, C) conditioning of a time-agnostic DDiT is computed once at inference and again
+    after its embedder's weights change (an optimiser step, a loaded state dict)."""
+    model = perturb(DDiT(tiny_cfg("ddit", time_conditioning=False), 13, 16)).eval()
+    x = torch.randint(0, 13, (2, 16))
+    with torch.no_grad():
+        a = model(x)
+        assert torch.equal(model(x), a)
+        for p in model.sigma_map.parameters():
+            p.add_(0.5)                                       # in place, as an optimiser does
+        b = model(x)
+    with torch.enable_grad():
+        fresh = model(x)                                      # the uncached path
+    assert not torch.allclose(a, b)
+    torch.testing.assert_close(b, fresh.detach())
