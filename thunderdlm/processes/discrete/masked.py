@@ -51,6 +51,11 @@ class MaskedConfig(ProcessConfig):
         help="training loss: 'nelbo' = w(t)·Σ_masked CE / L (MDLM); 'ratio' = w(t)·m(t)·mean over the "
              "masked positions of each sequence — the same expectation given t, without the noise of "
              "the masked count (lower variance at small t). Evaluation always uses the exact NELBO.")
+    prefix_cache: bool = param(
+        False, help="sampling with semi-autoregressive blocks: Fast-dLLM's prefix cache — keys and "
+                    "values of the text before the block are computed at the block's first step and "
+                    "reused while it is denoised (APPROXIMATE: in a bidirectional model they depend "
+                    "on the block's changing tokens; backbones with a KV cache)")
 
     def __post_init__(self):
         check(0.0 <= self.eps < 1.0, "process.eps", f"must be in [0, 1), got {self.eps}")
@@ -167,9 +172,26 @@ class MaskedProcess(Process):
 
     def _network_logits(self, model: nn.Module, x: torch.Tensor, lo: int, hi: int, t: float,
                         ctx: StepContext) -> torch.Tensor:
-        """The network's logits (B, hi − lo, V+1) at the span: one bidirectional forward."""
-        tt = torch.full((x.shape[0],), t, device=x.device)
-        return model(x, self.conditioning(tt))[:, lo:hi]
+        """The network's logits (B, hi − lo, V+1) at the span: one bidirectional forward, or with
+        ``prefix_cache`` a forward of x[:, lo:] against the prefix's keys and values as they were
+        at the block's first step (Fast-dLLM's PrefixCache; ``ctx.cache`` is cleared per block)."""
+        sigma = self.conditioning(torch.full((x.shape[0],), t, device=x.device))
+        if not (self.cfg.prefix_cache and lo > 0 and getattr(model, "supports_kv_cache", False)):
+            return model(x, sigma)[:, lo:hi]
+        L = x.shape[1]
+        cache = ctx.cache.get("prefix_kv")
+        if cache is None:            # the block's first step: exact, and it stores every position
+            cache = model.new_kv_cache()
+            full = torch.ones(L, L, dtype=torch.bool, device=x.device)
+            out = model(x, sigma, kv_cache=cache, attn_mask=full)[:, lo:hi]
+            cache.crop(lo)
+            ctx.cache["prefix_kv"] = cache
+            return out
+        n = L - lo
+        full = torch.ones(n, L, dtype=torch.bool, device=x.device)
+        out = model(x[:, lo:], sigma, kv_cache=cache, attn_mask=full)[:, :hi - lo]
+        cache.crop(lo)
+        return out
 
     def _predict(self, model: nn.Module, x: torch.Tensor, t: float, ctx: StepContext,
                  lo: int, hi: int) -> torch.Tensor:
