@@ -15,7 +15,8 @@ batches of ``batch``. Per setting:
 Decoding settings follow the process: AR one token per call with its KV cache; block diffusion
 with Fast-dLLM's confidence threshold τ for each of ``thresholds`` and with one token per call
 (low-confidence, steps = tokens); plain masked diffusion with τ inside ``masked_block``-token
-blocks (Fast-dLLM on a bidirectional model, no cache); anything else one token per call. Every
+blocks (Fast-dLLM on a bidirectional model), and once more at the strictest τ with Fast-dLLM's
+approximate prefix cache (``process.prefix_cache``); anything else one token per call. Every
 setting samples at the same temperature.
 """
 from __future__ import annotations
@@ -51,8 +52,12 @@ def settings(process_name: str, s: FrontierSettings) -> list[dict]:
                  for tau in s.thresholds]
                 + [{"label": "1 token/call", "remasking": "low_confidence"}])
     if process_name == "masked":
-        return [{"label": f"τ={tau}, blocks of {s.masked_block}", "threshold": tau,
+        rows = [{"label": f"τ={tau}, blocks of {s.masked_block}", "threshold": tau,
                  "remasking": "low_confidence", "block_length": s.masked_block} for tau in s.thresholds]
+        tau = max(s.thresholds)      # Fast-dLLM's approximate prefix cache at the strictest τ
+        return rows + [{"label": f"τ={tau}, blocks of {s.masked_block}, prefix cache",
+                        "threshold": tau, "remasking": "low_confidence",
+                        "block_length": s.masked_block, "overrides": ["process.prefix_cache=true"]}]
     return [{"label": "1 token/call"}]
 
 
@@ -108,9 +113,11 @@ def measure_frontier(run: Path, s: FrontierSettings, judge, *, seed: int = 0, re
     rows = [{"run": name, "process": lm.process.name, "label": "real continuation",
              **quality(refs, ps, judge, vocabulary)}] if reference else []
     for setting in settings(lm.process.name, s):
+        model = thunderdlm.load(run, device=device, overrides=setting["overrides"]) \
+            if setting.get("overrides") else lm
         for batch in dict.fromkeys((1, s.batch)):
-            texts, secs, nfe, gen = generate(lm, ps, new_tokens, setting, batch, s.temperature, seed,
-                                             s.repeats)
+            texts, secs, nfe, gen = generate(model, ps, new_tokens, setting, batch, s.temperature,
+                                             seed, s.repeats)
             calls_per_row = nfe / math.ceil(len(ps) / batch)
             row = {"run": name, "process": lm.process.name, "label": setting["label"], "batch": batch,
                    "new_tokens": new_tokens, "seconds": secs, "tokens_per_s": gen / secs, "nfe": nfe,
