@@ -182,7 +182,7 @@ class Trainer:
     def _train_step(self) -> tuple[float, dict, bool]:
         """One optimiser step over grad_accum micro-batches; (loss, metrics, ok)."""
         self.model.train()
-        total, metrics = 0.0, {}
+        losses, metrics = [], {}
         for micro in range(self.tc.grad_accum):
             batch = self.windows.next_batch().to(self.device, non_blocking=True)
             last = micro == self.tc.grad_accum - 1
@@ -192,13 +192,19 @@ class Trainer:
             with sync, self.autocast(), fsdp_errors(self.fsdp):
                 out = self.process.loss(self.model, batch)
                 (out.loss / self.tc.grad_accum).backward()
-            total += out.loss.item() / self.tc.grad_accum
+            losses.append(out.loss.detach().float())
             metrics = out.metrics
         norm = nn.utils.clip_grad_norm_(self.raw_model.parameters(),
                                         self.tc.grad_clip if self.tc.grad_clip > 0 else float("inf"))
         if hasattr(norm, "full_tensor"):  # FSDP: a replicated DTensor, the norm over every shard
             norm = norm.full_tensor()
-        ok = math.isfinite(total) and bool(torch.isfinite(norm))
+        # one device → host copy (a GPU sync) per step, not one per micro-batch plus two for the
+        # norm: the same floats .item() gave (fp32 losses), summed in the same order
+        *micro_losses, norm_value = torch.stack([*losses, norm.detach().float()]).tolist()
+        total = 0.0
+        for value in micro_losses:
+            total += value / self.tc.grad_accum
+        ok = math.isfinite(total) and math.isfinite(norm_value)
         if self.world > 1:  # every rank must agree to skip, or the weights drift apart
             flag = torch.tensor([1.0 if ok else 0.0], device=self.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
@@ -210,7 +216,7 @@ class Trainer:
         elif self.is_main:
             print(f"warning: non-finite loss/gradient at step {self.step} (loss={total}); step skipped")
         self.optimizer.zero_grad(set_to_none=True)
-        return total, {**metrics, "grad_norm": float(norm)}, ok
+        return total, {**metrics, "grad_norm": norm_value}, ok
 
     def _after_step(self, loss: float, lr: float, metrics: dict, ok: bool) -> None:
         tok_s = self.tokens / max(self.train_seconds, 1e-9)
