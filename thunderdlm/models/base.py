@@ -42,7 +42,8 @@ Structured attention (block diffusion, BD3-LM)::
 
 Incremental causal decoding (backbones with ``supports_kv_cache``)::
 
-    cache = model.new_kv_cache()                             # KVCache, empty
+    cache = model.new_kv_cache()                             # KVCache, empty (hf adapter: an
+                                                             # HFKVCache, the same handle)
     logits = model(x_new, sigma, causal=True, kv_cache=cache)
                                              # x_new (B, n): the tokens at absolute positions
                                              # cache.length .. cache.length + n - 1

@@ -22,6 +22,13 @@ denoiser that meets the :class:`Backbone` contract (``model.name: hf``), issue 7
   Annealing (``attn_anneal_steps``, DiffuLLaMA): while training, position i also sees each later
   position j with probability r = step / anneal_steps (one random pattern per step, shared by the
   batch and the heads), r reaching 1 (full attention) at the end of the annealing.
+- KV cache (``new_kv_cache()``, an ``HFKVCache`` over the decoder's ``DynamicCache``): a forward
+  with ``kv_cache`` runs only the n new tokens (``use_cache=True``, the additive mask (n, P + n) of
+  ``attn_mask`` or of the causal rule, ``position_ids`` P..P+n−1 unless given); the time
+  injection is per token for the new positions. Block diffusion decodes with it (exact: the clean
+  prefix never sees later blocks). The shifted head cannot be computed chunk by chunk (position P
+  reads P−1's output), so a cached call asks for ``shift_logits=False``, as does block diffusion's
+  x_t ⊕ x0 training input, and the process shifts (``processes/block/process.py``).
 - Vocabulary: a process that adds tokens (the masked process's mask) gets rows appended to the
   table (``resize_token_embeddings``, mean-initialised); a tokenizer smaller than the model's padded
   table uses the first V rows and logits.
@@ -32,6 +39,7 @@ denoiser that meets the :class:`Backbone` contract (``model.name: hf``), issue 7
 from __future__ import annotations
 
 import contextlib
+import inspect
 import warnings
 
 import torch
@@ -42,7 +50,7 @@ from thunderdlm.models.attention_mask import PiecewiseMask
 from thunderdlm.models.base import Backbone
 from thunderdlm.models.config import ModelConfig, freeze_range
 from thunderdlm.models.hf_io import load_causal_lm
-from thunderdlm.models.kv_cache import KVCache
+from thunderdlm.models.hf_kv_cache import HFKVCache
 from thunderdlm.models.layers import TimestepEmbedder, per_token, zero_linear
 
 
@@ -58,6 +66,8 @@ def decoder_layers(base: nn.Module) -> nn.ModuleList:
 
 class HFDenoiser(Backbone):
     """A Hugging Face causal LM behind the backbone contract (see the module docstring)."""
+
+    supports_kv_cache = True
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, max_seq_len: int,
                  out_dim: int | None = None, lm: nn.Module | None = None) -> None:
@@ -164,20 +174,29 @@ class HFDenoiser(Backbone):
             self.anneal_ratio = min(1.0, step / self.cfg.attn_anneal_steps)
 
     def forward(self, x: torch.Tensor | None, sigma: torch.Tensor | None = None, *,
-                causal: bool | None = None, kv_cache: KVCache | None = None,
+                causal: bool | None = None, kv_cache: HFKVCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, return_hidden: bool = False,
                 attn_mask: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None,
+                shift_logits: bool | None = None) -> torch.Tensor:
         """x: (B, L) ids, sigma: (B,) | (B, L) | None -> (B, L, out_dim) float32.
 
         ``attn_mask`` (L, L) / (B, 1, L, L) bool and ``positions`` (L,): see ``models/base.py``
-        (passed to the decoder as an additive 4-D mask and ``position_ids``)."""
-        if kv_cache is not None:
-            raise ValueError("HFDenoiser does not support a KV cache")
+        (passed to the decoder as an additive 4-D mask and ``position_ids``). With ``kv_cache``
+        (``new_kv_cache()``) x holds the n tokens after the P cached ones, ``attn_mask`` is
+        (n, P + n) (default: causal) and ``positions`` default to P..P+n−1. ``shift_logits``
+        (default ``cfg.shift_logits``) turns the shift of the head on or off for this call: a
+        caller whose input is not one left-to-right sequence (block diffusion's x_t ⊕ x0, a chunk
+        after a cache) asks for each position's own output and shifts it itself."""
+        shift = self.cfg.shift_logits if shift_logits is None else bool(shift_logits)
         x, h = self._input_embeddings(x, inputs_embeds, self.token_embedding,
                                       self._structure_limit(positions))     # (B, L), (B, L, D)
-        self._check_structure(x.shape[1], attn_mask, positions)
         causal = self._resolve_causal(causal)
+        P = 0
+        if kv_cache is not None:
+            self._check_hf_cache(x, causal, kv_cache, attn_mask, shift)
+            P = kv_cache.length
+        self._check_structure(x.shape[1], attn_mask, positions, P)
         if self.time_embed is not None:
             c = self.time_embed(self._prepare_sigma(x, sigma))                  # (B, [L,] C)
             if self.time_add is not None:
@@ -186,14 +205,7 @@ class HFDenoiser(Backbone):
                 film = per_token(self.time_film(c))
                 self._film = film.view(*film.shape[:2], self.n_layers, 2, self._hidden)
         try:
-            if isinstance(attn_mask, PiecewiseMask):
-                attn_mask = attn_mask.dense()   # the decoder takes one (additive) mask tensor
-            attention = (self._attention(h, causal) if attn_mask is None
-                         else self._explicit_mask(h, attn_mask))
-            if positions is not None:
-                attention["position_ids"] = positions[None].expand(h.shape[0], -1)
-            f = self.causal_lm.base_model(inputs_embeds=h, use_cache=False,
-                                          **attention).last_hidden_state
+            f = self._decode(h, causal, attn_mask, positions, kv_cache)
         finally:
             self._film = None
         if return_hidden:
@@ -201,9 +213,68 @@ class HFDenoiser(Backbone):
         if self.head is not None:
             return self.head(f).float()
         logits = self.causal_lm.get_output_embeddings()(f)[..., :self.vocab_size]
-        if self.cfg.shift_logits:
+        if shift:
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits.float()
+
+    @property
+    def shifted_head(self) -> bool:
+        """True when position i reads the LM head at i−1 (``model.shift_logits``)."""
+        return bool(self.cfg.shift_logits)
+
+    def new_kv_cache(self, max_len: int | None = None) -> HFKVCache:
+        """An empty cache over the decoder's own ``DynamicCache``, room for ``max_len`` (default
+        max_seq_len) positions."""
+        return HFKVCache(self.n_layers, min(max_len or self.max_seq_len, self.max_seq_len),
+                         self.causal_lm.config)
+
+    def _decode(self, h: torch.Tensor, causal: bool, attn_mask, positions: torch.Tensor | None,
+                kv_cache: HFKVCache | None) -> torch.Tensor:
+        """The decoder's final features (B, L, D) from the input embeddings h (B, L, D)."""
+        if isinstance(attn_mask, PiecewiseMask):
+            attn_mask = attn_mask.dense()       # the decoder takes one (additive) mask tensor
+        kwargs: dict = {"use_cache": kv_cache is not None}
+        if kv_cache is not None:                # new queries P..P+n−1 over keys 0..P+n−1
+            P, n = kv_cache.length, h.shape[1]
+            if attn_mask is None:
+                q = torch.arange(P, P + n, device=h.device)
+                attn_mask = torch.arange(P + n, device=h.device)[None, :] <= q[:, None]
+            if positions is None:
+                positions = torch.arange(P, P + n, device=h.device)
+            kwargs[self._cache_kwarg()] = kv_cache.dynamic
+        kwargs.update(self._attention(h, causal) if attn_mask is None
+                      else self._explicit_mask(h, attn_mask))
+        if positions is not None:
+            kwargs["position_ids"] = positions[None].expand(h.shape[0], -1)
+        return self.causal_lm.base_model(inputs_embeds=h, **kwargs).last_hidden_state
+
+    def _cache_kwarg(self) -> str:
+        """The decoder's name for the cache argument (``cache`` since transformers 5.x, before
+        that ``past_key_values``)."""
+        params = inspect.signature(self.causal_lm.base_model.forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
+
+    def _check_hf_cache(self, x: torch.Tensor, causal: bool, kv_cache, attn_mask,
+                        shift: bool) -> None:
+        """A cache needs causal attention or an explicit mask, an unshifted head, and room."""
+        if not isinstance(kv_cache, HFKVCache):
+            raise ValueError(f"HFDenoiser needs its own KV cache (model.new_kv_cache()), got "
+                             f"{type(kv_cache).__name__}")
+        if not causal and attn_mask is None:
+            raise ValueError("HFDenoiser: a KV cache needs causal attention (pass causal=True or "
+                             "set model.causal) or an explicit attn_mask")
+        if shift:
+            raise ValueError("HFDenoiser: the shifted head reads the previous position's output, "
+                             "which a chunk after a KV cache does not hold; call with "
+                             "shift_logits=False and shift across chunks (block diffusion does)")
+        if kv_cache.n_layer != self.n_layers:
+            raise ValueError(f"the cache has {kv_cache.n_layer} layers but the decoder has "
+                             f"{self.n_layers}; make it with model.new_kv_cache()")
+        end = kv_cache.length + x.shape[1]
+        if end > self.max_seq_len:
+            raise ValueError(f"positions up to {end} (cache {kv_cache.length} + {x.shape[1]} new) "
+                             f"exceed max_seq_len={self.max_seq_len} of this HFDenoiser")
+        kv_cache.check_room(x.shape[0], x.shape[1])
 
     # ---- attention and FiLM -----------------------------------------------------------------
     def _attention(self, h: torch.Tensor, causal: bool) -> dict:
@@ -220,11 +291,12 @@ class HFDenoiser(Backbone):
 
     @staticmethod
     def _explicit_mask(h: torch.Tensor, allowed: torch.Tensor) -> dict:
-        """A boolean pattern (L, L) or (B, 1, L, L) as the decoder's additive 4-D mask."""
-        L = h.shape[1]
+        """A boolean pattern (L, K) or (B, 1, L, K) as the decoder's additive 4-D mask (K = L, or
+        P + L after P cached positions)."""
+        L, K = h.shape[1], allowed.shape[-1]
         mask = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device)
         mask = mask.masked_fill(~allowed, torch.finfo(h.dtype).min)
-        return {"attention_mask": mask.expand(h.shape[0], 1, L, L)}
+        return {"attention_mask": mask.expand(h.shape[0], 1, L, K)}
 
     def _recompute_context(self):
         """``context_fn`` of ``torch.utils.checkpoint``: a layer recomputed in the backward pass sees

@@ -63,6 +63,24 @@ def training_positions(L: int, device: torch.device | None = None) -> torch.Tens
     return torch.cat([pos, pos])
 
 
+def shifted_reads(L: int, bs: int, device: torch.device | None = None) -> torch.Tensor:
+    """(L,) the output of ``x_t ⊕ x0`` that each noisy position reads under the AR shift.
+
+    A causal LM predicts token i at position i−1 (the shifted head of ``models/hf_adapter.py``,
+    Fast-dLLM v2 / SDAR). Inside block b the noisy token i reads the noisy output i−1; the first
+    position of a block reads the clean output i−1 (the last token of block b−1, index L + i − 1,
+    visible to block b; with blocks of 1 it is exactly the causal LM's prediction of token i);
+    position 0 reads its own output::
+
+        read(i) = i                 i = 0
+                = L + i − 1         i > 0, i ≡ 0 (mod bs)
+                = i − 1             otherwise
+    """
+    i = torch.arange(L, device=device)
+    first = (i % bs == 0) & (i > 0)
+    return torch.where(first, L + i - 1, (i - 1).clamp(min=0))
+
+
 def block_causal(q_pos: torch.Tensor, k_pos: torch.Tensor, bs: int) -> torch.Tensor:
     """(Lq, Lk) bool: query at position p sees keys in blocks ≤ block(p)."""
     return (k_pos[None, :] // bs) <= (q_pos[:, None] // bs)

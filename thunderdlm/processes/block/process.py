@@ -31,6 +31,17 @@ backbones with ``supports_kv_cache``) the clean blocks are fed once — the firs
 feeds the block just finished together with the new noisy block — and each call runs only the
 current block's tokens against the cached keys and values. This is exact (the clean prefix never
 sees later blocks), unlike a prefix cache over a bidirectional model.
+
+Shifted head (an AR model converted to block diffusion: Fast-dLLM v2, SDAR; the hf adapter with
+``model.shift_logits``): the causal LM predicts token i at position i−1, so the noisy token i reads
+the output i−1 of its own block, and a block's first position reads the last clean token before
+it (``shifted_reads``). With blocks of 1 this is the causal LM exactly: before any training,
+decoding at τ = 1 with temperature 0 is the pretrained model's greedy AR decoding. With larger
+blocks it is only close to it (inside a block attention is bidirectional, in the clean prefix as
+in the noisy block), which training adapts to. The network is
+called with ``shift_logits=False`` (x_t ⊕ x0 and chunks after a cache are not one left-to-right
+sequence) and the process shifts; decoding with a cache keeps the last clean position's logits
+for the steps that feed no clean token.
 """
 from __future__ import annotations
 
@@ -41,14 +52,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from thunderdlm.config import check, param
-from thunderdlm.errors import ConfigError
 from thunderdlm.models.kv_cache import KVCache
-from thunderdlm.processes.base import LossOutput, StepContext
-from thunderdlm.processes.block.attention import (block_causal, chunk_mask, training_plan,
-                                                  training_positions)
+from thunderdlm.processes.base import LossOutput, StepContext, unwrap
+from thunderdlm.processes.block.attention import (block_causal, chunk_mask, shifted_reads,
+                                                  training_plan, training_positions)
 from thunderdlm.processes.discrete.masked import NEG_INF, MaskedConfig, MaskedProcess, stratified_times
 
 KV_KEY, FED_KEY = "block_kv", "block_fed"     # ctx.run_cache keys: the KVCache and the tokens in it
+LAST_KEY = "block_last"      # ctx.run_cache: (position, logits (B, V+1)) of the last clean position fed
 
 
 @dataclass
@@ -72,6 +83,9 @@ class BlockConfig(MaskedConfig):
               f"must lie in [sampling_eps={self.sampling_eps}, 1], got {self.sampling_eps_max}")
         check(self.loss_estimator == "nelbo", "process.loss_estimator",
               "block diffusion trains on the NELBO itself ('nelbo')")
+        check(not self.prefix_cache, "process.prefix_cache",
+              "block diffusion has an exact cache (process.kv_cache); the approximate prefix cache "
+              "is for the plain masked process")
 
 
 class BlockDiffusionProcess(MaskedProcess):
@@ -88,12 +102,18 @@ class BlockDiffusionProcess(MaskedProcess):
         """Blocks covering a window; a last, shorter block when L is not a multiple of bs."""
         return -(-x0.shape[1] // self.cfg.block_size)
 
-    def check_network(self, model: nn.Module) -> None:
-        """The shifted head of an AR adapter reads position i−1, which is another block's noisy
-        token in the x_t ⊕ x0 layout: refused with a named error."""
-        if getattr(getattr(model, "cfg", None), "shift_logits", False):
-            raise ConfigError("config field 'model.shift_logits': block diffusion reads each "
-                              "position's own output; set model.shift_logits=false")
+    @staticmethod
+    def shifted_head(model: nn.Module) -> bool:
+        """True when the network's head is shifted (position i predicts token i + 1: the hf
+        adapter with ``model.shift_logits``); it is then called with ``shift_logits=False``."""
+        return bool(getattr(unwrap(model), "shifted_head", False))
+
+    def _call(self, model: nn.Module, x: torch.Tensor, sigma: torch.Tensor | None,
+              shifted: bool, **kwargs) -> torch.Tensor:
+        """model(x, sigma, **kwargs), each position's own (unshifted) output when ``shifted``."""
+        if shifted:
+            kwargs["shift_logits"] = False
+        return model(x, sigma, **kwargs)
 
     # ---- loss and bound --------------------------------------------------------------------------
     def block_nelbo_at(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor,
@@ -102,7 +122,7 @@ class BlockDiffusionProcess(MaskedProcess):
         """Per-sequence NELBO per token with block times t (B, nb), every block in one forward.
 
         Returns (nelbo (B,), masked fraction (B,))."""
-        self.check_network(model)
+        shifted = self.shifted_head(model)
         B, L = x0.shape
         bs = self.cfg.block_size
         t_tok = t.repeat_interleave(bs, dim=1)[:, :L]                           # (B, L)
@@ -113,8 +133,11 @@ class BlockDiffusionProcess(MaskedProcess):
         if self.cfg.time_conditioning:   # σ(t_b) on the noisy half, 0 on the clean half
             sigma = torch.cat([self.schedule.sigma_for_conditioning(t_tok),
                                torch.zeros_like(t_tok)], dim=1)                 # (B, 2L)
-        logits = model(torch.cat([xt, x0], dim=1), sigma, attn_mask=self._plan(L, x0.device),
-                       positions=training_positions(L, x0.device))[:, :L].float()   # (B, L, V+1)
+        out = self._call(model, torch.cat([xt, x0], dim=1), sigma, shifted,
+                         attn_mask=self._plan(L, x0.device),
+                         positions=training_positions(L, x0.device))             # (B, 2L, V+1)
+        reads = shifted_reads(L, bs, x0.device) if shifted else slice(0, L)
+        logits = out[:, reads].float()                                          # (B, L, V+1)
         logits[..., self.mask_id] = NEG_INF                                     # SUBS
         nll = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")     # (B, L)
         nll = torch.where(masked, nll, torch.zeros_like(nll))
@@ -182,14 +205,18 @@ class BlockDiffusionProcess(MaskedProcess):
     def _network_logits(self, model: nn.Module, x: torch.Tensor, lo: int, hi: int,
                         t: float, ctx: StepContext) -> torch.Tensor:
         """Logits (B, hi − lo, V+1) of the grid block span [lo, hi) (lo on the grid) given the
-        clean tokens x[:, :lo]; positions ≥ hi are not read."""
-        self.check_network(model)
+        clean tokens x[:, :lo]; positions ≥ hi are not read. A shifted head reads position i − 1
+        (here one left-to-right sequence: clean blocks, then the noisy block)."""
         if self.cfg.kv_cache and getattr(model, "supports_kv_cache", False):
             return self._cached_logits(model, x, lo, hi, t, ctx)
+        shifted = self.shifted_head(model)
         pos = torch.arange(hi, device=x.device)
         sigma = self._step_sigma(x.shape[0], lo, hi, 0, t, x.device)
-        return model(x[:, :hi], sigma, attn_mask=block_causal(pos, pos, self.cfg.block_size)
-                     )[:, lo:hi]
+        out = self._call(model, x[:, :hi], sigma, shifted,
+                         attn_mask=block_causal(pos, pos, self.cfg.block_size))   # (B, hi, V+1)
+        if shifted:
+            out = torch.cat([out[:, :1], out[:, :-1]], dim=1)
+        return out[:, lo:hi]
 
     def _step_sigma(self, B: int, lo: int, hi: int, start: int, t: float,
                     device: torch.device) -> torch.Tensor | None:
@@ -204,8 +231,13 @@ class BlockDiffusionProcess(MaskedProcess):
     def _cached_logits(self, model: nn.Module, x: torch.Tensor, lo: int, hi: int, t: float,
                        ctx: StepContext) -> torch.Tensor:
         """Feed only what the cache lacks: the clean blocks from the cache's end to lo (once) and
-        the noisy block [lo, hi); keep the clean part's keys and values, drop the block's."""
+        the noisy block [lo, hi); keep the clean part's keys and values, drop the block's.
+
+        With a shifted head, position lo reads the output of the clean position lo − 1: taken
+        from this chunk when it feeds clean tokens (and kept), else the one kept earlier; when
+        none is kept for lo − 1 the chunk starts a block earlier to recompute it."""
         bs = self.cfg.block_size
+        shifted = self.shifted_head(model)
         cache: KVCache | None = ctx.run_cache.get(KV_KEY)
         fed: torch.Tensor | None = ctx.run_cache.get(FED_KEY)                   # (B, P)
         if cache is None or fed is None or fed.shape[0] != x.shape[0]:
@@ -214,10 +246,19 @@ class BlockDiffusionProcess(MaskedProcess):
         same = (fed[:, :P] == x[:, :P]).all(dim=0)                              # (P,)
         valid = P if bool(same.all()) else int((~same).int().argmax())
         start = valid // bs * bs                                                # whole clean blocks
+        last = ctx.run_cache.get(LAST_KEY)
+        if shifted and start == lo > 0 and (last is None or last[0] != lo - 1):
+            start = (lo - 1) // bs * bs                  # recompute the clean output at lo − 1
         cache.crop(start)
         sigma = self._step_sigma(x.shape[0], lo, hi, start, t, x.device)
-        out = model(x[:, start:hi], sigma, causal=True, kv_cache=cache,
-                    attn_mask=chunk_mask(start, start, hi, bs, x.device))       # (B, hi−start, V+1)
+        out = self._call(model, x[:, start:hi], sigma, shifted, causal=True, kv_cache=cache,
+                         attn_mask=chunk_mask(start, start, hi, bs, x.device))  # (B, hi−start, V+1)
         cache.crop(lo)
         ctx.run_cache[KV_KEY], ctx.run_cache[FED_KEY] = cache, x[:, :lo].clone()
-        return out[:, lo - start:]
+        if not shifted:
+            return out[:, lo - start:]
+        if start < lo:                                   # the clean output at lo − 1 is in out
+            ctx.run_cache[LAST_KEY] = (lo - 1, out[:, lo - 1 - start])
+            return out[:, lo - 1 - start:hi - 1 - start]
+        first = out[:, :1] if lo == 0 else ctx.run_cache[LAST_KEY][1][:, None]   # (B, 1, V+1)
+        return torch.cat([first, out[:, :-1]], dim=1)
