@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from thunderdlm.bench.frontier import FrontierSettings, frontier_table, measure_frontier, write_frontier
+from thunderdlm.bench.frontier import (FrontierSettings, frontier_table, measure_frontier,
+                                       measure_hf_ar, write_frontier)
 from thunderdlm.runtime import setup_runtime
 
 
@@ -35,6 +36,9 @@ def main() -> None:
     ap.add_argument("--judge", default="smollm2", help="'smollm2', an AR run folder, or 'none'")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: every method alike)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hf-ar", default=None, metavar="FOLDER",
+                    help="also a pretrained causal LM's own sampling (transformers generate) on the "
+                         "prompts of the first run, e.g. ~/.cache/thunderdlm/smollm2 beside a smollm2_block run")
     ap.add_argument("--out", default="bench/results/speed_quality")
     args = ap.parse_args()
     setup_runtime(args.threads)
@@ -48,6 +52,8 @@ def main() -> None:
     rows = []
     for i, run in enumerate(args.runs):
         rows += measure_frontier(Path(run), s, judge, seed=args.seed, reference=i == 0)
+    if args.hf_ar:
+        rows += measure_hf_ar(Path(args.hf_ar).expanduser(), Path(args.runs[0]), s, judge, seed=args.seed)
     meta = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "judge": args.judge,
             "seed": args.seed, **vars(s)}

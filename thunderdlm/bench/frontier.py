@@ -131,6 +131,52 @@ def measure_frontier(run: Path, s: FrontierSettings, judge, *, seed: int = 0, re
     return rows
 
 
+def measure_hf_ar(folder: Path, like: Path, s: FrontierSettings, judge, *, seed: int = 0,
+                  log=print) -> list[dict]:
+    """A pretrained causal LM's own sampling (transformers ``generate`` with its KV cache) on the
+    prompts of run ``like`` (which uses the same tokenizer): the AR reference of an adapted model."""
+    import thunderdlm
+    from thunderdlm.data import TokenData
+    from thunderdlm.models.hf_io import load_causal_lm
+    from transformers import AutoTokenizer
+
+    lm = thunderdlm.load(like)
+    data = TokenData(lm.cfg.data.dir)
+    new_tokens = max(1, round(s.new_chars / data.chars_per_token("val")))
+    ps, _ = prompts(lm, s.n, s.prompt_chars, s.new_chars)
+    vocabulary = training_vocabulary(lm, data)
+    model = load_causal_lm(folder).eval()
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    rows = []
+    for batch in dict.fromkeys((1, s.batch)):
+        texts, seconds, generated = [], 0.0, 0
+        for i in range(0, len(ps), batch):
+            ids = [tok.encode(p) for p in ps[i:i + batch]]
+            width = min(len(x) for x in ids)
+            x = torch.tensor([r[len(r) - width:] for r in ids])
+            best = float("inf")
+            for _ in range(max(s.repeats, 1)):
+                torch.manual_seed(seed + i)
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens,
+                                         min_new_tokens=new_tokens, do_sample=s.temperature > 0,
+                                         temperature=s.temperature or None, top_k=0, top_p=1.0,
+                                         pad_token_id=tok.eos_token_id)
+                best = min(best, time.perf_counter() - t0)
+            seconds += best
+            generated += (out.shape[1] - width) * out.shape[0]
+            texts += [tok.decode(r[width:].tolist()) for r in out]
+        row = {"run": Path(folder).name, "process": "autoregressive", "label": "pretrained AR (generate)",
+               "batch": batch, "new_tokens": new_tokens, "seconds": seconds,
+               "tokens_per_s": generated / seconds, "nfe": new_tokens * math.ceil(len(ps) / batch),
+               "tokens_per_call": 1.0, **quality(texts, ps, judge, vocabulary), "example": [ps[0], texts[0]]}
+        rows.append(row)
+        log(f"  {row['run']} AR batch {batch}: {row['tokens_per_s']:,.0f} tok/s, judge "
+            f"{row.get('judge_nll_per_char', float('nan')):.3f} nats/char, real words {row['real_word_fraction']:.1%}")
+    return rows
+
+
 def frontier_table(rows: list[dict]) -> str:
     """Markdown: one row per (run, setting, batch); × AR is the ratio to the AR row's tokens/s."""
     ar = {r["batch"]: r["tokens_per_s"] for r in rows if r["process"] == "autoregressive" and "batch" in r}
@@ -150,23 +196,33 @@ def frontier_table(rows: list[dict]) -> str:
 
 
 def plot_frontier(rows: list[dict], path: Path) -> None:
-    """Judge NLL given the prompt vs sampling tokens/s, one panel per batch size."""
+    """Judge NLL given the prompt vs sampling tokens/s, one panel per batch size: one colour and
+    line per run (its settings sorted by speed), each point labelled by its setting."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     batches = sorted({r["batch"] for r in rows if "batch" in r})
-    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4.5), squeeze=False)
+    runs = list(dict.fromkeys(r["run"] for r in rows if "batch" in r))
+    colours = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, len(batches), figsize=(6.5 * len(batches), 4.8), squeeze=False)
     ref = [r["judge_nll_per_char"] for r in rows if "batch" not in r and "judge_nll_per_char" in r]
     for ax, batch in zip(axes[0], batches):
-        for r in (r for r in rows if r.get("batch") == batch and "judge_nll_per_char" in r):
-            ax.scatter(r["tokens_per_s"], r["judge_nll_per_char"],
-                       marker="s" if r["process"] == "autoregressive" else "o")
-            ax.annotate(f"{r['run']} {r['label']}", (r["tokens_per_s"], r["judge_nll_per_char"]),
-                        fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for i, run in enumerate(runs):
+            pts = sorted((r for r in rows if r.get("batch") == batch and r["run"] == run
+                          and "judge_nll_per_char" in r), key=lambda r: r["tokens_per_s"])
+            if not pts:
+                continue
+            xs, ys = [r["tokens_per_s"] for r in pts], [r["judge_nll_per_char"] for r in pts]
+            ar = pts[0]["process"] == "autoregressive"
+            ax.plot(xs, ys, marker="s" if ar else "o", color=colours(i % 10), label=run, lw=0.8)
+            for r in pts:
+                short = r["label"].split(",")[0].replace("1 token/call", "1/call").replace("AR", "")
+                ax.annotate(short.strip(), (r["tokens_per_s"], r["judge_nll_per_char"]), fontsize=6,
+                            xytext=(2, 2), textcoords="offset points", color=colours(i % 10))
         if ref:
             ax.axhline(ref[0], ls="--", lw=0.8, color="grey", label="real continuation")
-            ax.legend(fontsize=7)
+        ax.legend(fontsize=7)
         ax.set_xscale("log")
         ax.set_xlabel("sampling tokens/s (log scale)")
         ax.set_ylabel("judge NLL per char given the prompt (lower is better)")
