@@ -72,6 +72,9 @@ def generate(lm, texts: list[str], new_tokens: int, setting: dict, batch: int, t
     for i in range(0, len(texts), batch):
         ids = [lm.tokenizer.encode(t) for t in texts[i:i + batch]]
         width = min(len(x) for x in ids)                  # equal prompt lengths within a batch
+        if width + new_tokens > lm.context:
+            raise ValueError(f"{width} prompt + {new_tokens} new tokens exceed the context of "
+                             f"{lm.run_dir} ({lm.context}); use shorter --prompt-chars / --new-chars")
         x = torch.tensor([x[len(x) - width:] + [0] * new_tokens for x in ids])
         editable = torch.zeros_like(x, dtype=torch.bool)
         editable[:, width:] = True
