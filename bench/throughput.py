@@ -23,18 +23,14 @@ embedding table; the attention term is the full, bidirectional score/value produ
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
 import tempfile
 import time
 from contextlib import nullcontext
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from thunderdlm.bench.manifest import cpu_model, git_state
+from thunderdlm.bench.manifest import write_bench_json
 from thunderdlm.run_config import load_config
 from thunderdlm.train import Trainer
 
@@ -158,15 +154,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/throughput.json")
     args = ap.parse_args()
     res = measure(args.preset, args.set, args.steps, args.warmup, args.device, args.peak_tflops)
-    commit, dirty = git_state(Path(__file__).parent)      # (None, None) without git, e.g. a bare GPU box
-    res.update({"torch": torch.__version__, "machine": cpu_model(),
-                "cpu_count": os.cpu_count(), "git_commit": commit, "git_dirty": dirty,
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "command": " ".join(["python", *sys.argv])})
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
-    print(json.dumps(res, indent=1))
+    write_bench_json(res, args.out, Path(__file__).parent)
 
 
 if __name__ == "__main__":

@@ -26,14 +26,12 @@ optimiser, EMA, after-step bookkeeping): where a difference would show.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from thunderdlm.bench.manifest import cpu_model, git_state
+from thunderdlm.bench.manifest import write_bench_json
 from thunderdlm.run_config import load_config
 from thunderdlm.runtime import setup_runtime
 from thunderdlm.train import Trainer, learning_rate, make_optimizer
@@ -247,15 +245,8 @@ def main() -> None:
         os.environ["THUNDERDLM_THREADS"] = str(args.threads)
     setup_runtime()
     res = measure(args.preset, args.set, args.rounds, args.round_steps, args.warmup, args.part_steps)
-    commit, dirty = git_state(Path(__file__).parent)
-    res.update({"threads": torch.get_num_threads(), "torch": torch.__version__,
-                "machine": cpu_model(), "cpu_count": os.cpu_count(), "git_commit": commit,
-                "git_dirty": dirty, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "command": " ".join(["python", *sys.argv])})
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
-    print(json.dumps(res, indent=1))
+    res["threads"] = torch.get_num_threads()
+    write_bench_json(res, args.out, Path(__file__).parent)
 
 
 if __name__ == "__main__":

@@ -106,3 +106,24 @@ def cpu_model() -> str:
 
 
 __all__ = ["Manifest", "Hardware", "collect_manifest", "git_state", "cpu_model"]
+
+
+def write_bench_json(res: dict, out: str | Path, where: Path) -> None:
+    """A bench script's result with its provenance (torch, CPU, git commit of ``where``, date, the
+    command line) added, written as JSON to ``out`` and printed."""
+    import json
+    import os
+    import sys
+    from datetime import datetime, timezone
+
+    import torch
+
+    commit, dirty = git_state(where)            # (None, None) without git, e.g. a bare GPU box
+    res.update({"torch": torch.__version__, "machine": cpu_model(), "cpu_count": os.cpu_count(),
+                "git_commit": commit, "git_dirty": dirty,
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "command": " ".join(["python", *sys.argv])})
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1))
