@@ -21,24 +21,31 @@ DECIDED = "decided"   # ctx.cache key: (B, L) bool, positions already committed 
 
 def select_confident(probs: torch.Tensor, cand: torch.Tensor, allowed: torch.Tensor,
                      ctx: StepContext) -> torch.Tensor:
-    """(B, L) bool: the ``ctx.n_commit`` allowed positions of each row to commit now.
+    """(B, L) bool: the ``ctx.n_commit`` allowed positions of each row to commit now, and with a
+    threshold τ (Fast-dLLM, ``ctx.options.threshold``) also every allowed position whose
+    confidence exceeds τ.
 
     ``probs`` (B, L, V): the process's (untempered) estimate of p(x0 | x_t); ``cand`` (B, L): the
     token each position would be committed to; ``allowed`` (B, L): undecided editable positions.
-    ``low_confidence`` ranks by ``probs[cand]`` (LLaDA); ``random`` by a uniform draw.
+    Positions are ranked by ``probs[cand]`` (LLaDA's low_confidence, and always under a threshold)
+    or by a uniform draw (``random``).
     """
-    if ctx.options.remasking == "low_confidence":
-        conf = probs.gather(-1, cand.unsqueeze(-1)).squeeze(-1).float()                # (B, L)
-    elif ctx.options.remasking == "random":
+    opts = ctx.options
+    if opts.remasking == "random" and opts.threshold is None:
         conf = torch.rand(cand.shape, device=cand.device, generator=ctx.generator)
+    elif opts.remasking in ("low_confidence", "ancestral", "random"):
+        conf = probs.gather(-1, cand.unsqueeze(-1)).squeeze(-1).float()                # (B, L)
     else:
-        raise SamplingError(f"unknown remasking {ctx.options.remasking!r}; "
+        raise SamplingError(f"unknown remasking {opts.remasking!r}; "
                             "use ancestral, low_confidence or random")
     conf = torch.where(allowed, conf, torch.full_like(conf, float("-inf")))
     order = conf.argsort(dim=-1, descending=True)                                     # (B, L)
     rank = torch.empty_like(order).scatter_(
         -1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-    return allowed & (rank < ctx.n_commit[:, None])
+    commit = allowed & (rank < ctx.n_commit[:, None])
+    if opts.threshold is not None:
+        commit |= allowed & (conf > opts.threshold)
+    return commit
 
 
 def decided_positions(x: torch.Tensor, ctx: StepContext) -> torch.Tensor:

@@ -34,6 +34,7 @@ from thunderdlm.processes.base import LossOutput, Process, StepContext, StepOutp
 from thunderdlm.processes.config import ProcessConfig
 from thunderdlm.processes.discrete.schedules import SCHEDULES, build_schedule
 from thunderdlm.categorical import draw_tokens
+from thunderdlm.processes.discrete.commit import select_confident
 
 NEG_INF = -1e6  # SUBS uses a large finite negative number rather than −inf (keeps softmax finite)
 
@@ -236,24 +237,10 @@ class MaskedProcess(Process):
 
     def _confidence_commit(self, logits, cand, masked, ctx: StepContext) -> torch.Tensor:
         """LLaDA: commit the n_commit most confident masked positions of each row; with a
-        threshold τ (Fast-dLLM) also every masked position whose confidence exceeds τ."""
-        opts = ctx.options
-        if opts.remasking == "random" and opts.threshold is None:
-            conf = torch.rand(masked.shape, device=masked.device, generator=ctx.generator)
-        elif opts.remasking in ("low_confidence", "ancestral", "random"):
-            # confidence from the un-tempered distribution, as LLaDA's generate.py does
-            probs = torch.softmax(logits, dim=-1)
-            conf = probs.gather(-1, cand.unsqueeze(-1)).squeeze(-1)
-        else:
-            raise ValueError(f"unknown remasking {opts.remasking!r}")
-        conf = torch.where(masked, conf.float(), torch.full_like(conf.float(), float("-inf")))
-        order = conf.argsort(dim=-1, descending=True)                            # (B, S)
-        rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[1],
-                                                device=order.device).expand_as(order))
-        commit = masked & (rank < ctx.n_commit[:, None])
-        if opts.threshold is not None:
-            commit |= masked & (conf > opts.threshold)
-        return commit
+        threshold τ (Fast-dLLM) also every masked position whose confidence exceeds τ. The
+        confidence is the un-tempered probability of the drawn token, as LLaDA's generate.py
+        has it (``commit.select_confident``, shared with the uniform-noise processes)."""
+        return select_confident(torch.softmax(logits, dim=-1), cand, masked, ctx)
 
     def finalize(self, model: nn.Module, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         """Noise removal: fill any mask still left with the argmax of p_θ (MDLM, §1.7)."""
