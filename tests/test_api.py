@@ -62,3 +62,15 @@ def test_load_overrides_change_sampler_settings_and_name_bad_fields(lm):
     assert other.nll("to be or not")[0]["nats_per_token"] > 0
     with pytest.raises(ConfigError, match="samplng_eps"):
         thunderdlm.load(lm.run_dir, overrides=["process.samplng_eps=0.01"])
+
+
+def test_load_leaves_the_callers_thread_count_alone(lm):
+    import torch
+    before = torch.get_num_threads()
+    want = 2 if before != 2 else 1
+    torch.set_num_threads(want)
+    try:
+        thunderdlm.load(lm.run_dir)
+        assert torch.get_num_threads() == want
+    finally:
+        torch.set_num_threads(before)

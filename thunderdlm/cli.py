@@ -351,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = args.overrides + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from thunderdlm.runtime import setup_runtime
+
+    setup_runtime()                   # THUNDERDLM_THREADS, else every core for one process
     try:
         return args.func(args)
     except ThunderError as e:

@@ -46,7 +46,7 @@ def load_run(run: str | Path, checkpoint: str | None = None, device: str = "auto
     ``overrides`` (``key=value``) change the stored config before the model is built, e.g. a
     sampler setting (``process.scheduling_matrix=pyramid``); one that changes the network's shape
     fails with the checkpoint mismatch error."""
-    setup_runtime()
+    setup_runtime(threads=0)          # denormals only: the caller's thread count is its own
     run_dir = Path(run)
     cfg = read_run_config(run_dir, overrides)
     tokenizer = RunFolder(run_dir).tokenizer()

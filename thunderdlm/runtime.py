@@ -14,7 +14,10 @@ import torch
 
 
 def setup_runtime(threads: int | None = None) -> None:
-    """Flush denormals and pick a sane thread count. Safe to call more than once."""
+    """Flush denormals and pick a sane thread count (``threads`` None: ``default_threads()``;
+    0: leave the thread count alone). Safe to call more than once. Entry points (the CLI, the
+    trainer, the bench scripts) call it; a library call such as ``thunderdlm.load()`` flushes
+    denormals only and never changes the caller's thread count."""
     torch.set_flush_denormal(True)
     if threads is None:
         threads = default_threads()
