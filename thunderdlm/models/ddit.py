@@ -41,6 +41,36 @@ from thunderdlm.models.layers import (MLP, LayerNorm, Rotary, SelfAttention, Tim
                                       modulate, per_token, zero_linear)
 
 
+class FoldedNorm:
+    """``modulate(LN(h), shift, scale)`` for one constant (shift, scale) (D,), as one LayerNorm:
+    ``LN_w(h)·(1 + scale) + shift = LN(h; weight = w·(1 + scale), bias = shift)``, computed in fp32
+    like ``LayerNorm``. Exact in real arithmetic; in floats it differs by rounding (~1e-7)."""
+
+    __slots__ = ("dim", "eps", "weight", "bias")
+
+    def __init__(self, norm: LayerNorm, shift: torch.Tensor, scale: torch.Tensor) -> None:
+        self.dim, self.eps = norm.dim, norm.eps
+        w = norm.weight.float() * (1 + scale.float())                         # (D,)
+        b = shift.float() if norm.bias is None else norm.bias.float() * (1 + scale.float()) + shift.float()
+        self.weight, self.bias = w, b
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., D) -> (..., D) in x's dtype."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            y = F.layer_norm(x.float(), (self.dim,), self.weight, self.bias, self.eps)
+        return y.to(x.dtype)
+
+
+class FoldedBlock:
+    """One block's adaLN for a constant condition: two folded norms and the two gates (D,)."""
+
+    __slots__ = ("norm1", "norm2", "gate1", "gate2")
+
+    def __init__(self, norm1: FoldedNorm, norm2: FoldedNorm, gate1: torch.Tensor,
+                 gate2: torch.Tensor) -> None:
+        self.norm1, self.norm2, self.gate1, self.gate2 = norm1, norm2, gate1, gate2
+
+
 class DDiTBlock(nn.Module):
     """One adaLN-modulated transformer block with gated residuals."""
 
@@ -54,19 +84,31 @@ class DDiTBlock(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.adaLN_modulation = zero_linear(cfg.cond_dim, 6 * d)
 
-    def forward(self, h: torch.Tensor, c: torch.Tensor, causal: bool,
+    def forward(self, h: torch.Tensor, c: torch.Tensor | FoldedBlock, causal: bool,
                 kv: LayerKV | None = None, mask: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None) -> torch.Tensor:
-        """h: (B, L, D), c: (B, C) or (B, L, C) -> (B, L, D); ``kv``: a KV-cache slot if decoding;
-        ``mask`` / ``positions``: see ``SelfAttention.forward``."""
-        mod = self.adaLN_modulation(c)                                       # (B, [L,] 6D)
-        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)  # 6 x (B, [L,] D)
-        a = self.attn(modulate(self.norm1(h), shift1, scale1), causal=causal, kv=kv, mask=mask,
-                      positions=positions)
-        h = h + per_token(gate1) * self.dropout(a)                           # (B, L, D)
-        m = self.mlp(modulate(self.norm2(h), shift2, scale2))
-        h = h + per_token(gate2) * self.dropout(m)                           # (B, L, D)
+        """h: (B, L, D), c: (B, C) or (B, L, C), or this block's ``FoldedBlock`` -> (B, L, D);
+        ``kv``: a KV-cache slot if decoding; ``mask`` / ``positions``: see ``SelfAttention.forward``."""
+        if isinstance(c, FoldedBlock):
+            n1, n2 = c.norm1, c.norm2
+            gate1, gate2 = c.gate1, c.gate2                                  # (D,) each
+        else:
+            mod = self.adaLN_modulation(c)                                   # (B, [L,] 6D)
+            shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)  # 6 x (B, [L,] D)
+            gate1, gate2 = per_token(gate1), per_token(gate2)
+            n1 = lambda x: modulate(self.norm1(x), shift1, scale1)           # noqa: E731
+            n2 = lambda x: modulate(self.norm2(x), shift2, scale2)           # noqa: E731
+        a = self.attn(n1(h), causal=causal, kv=kv, mask=mask, positions=positions)
+        h = h + gate1 * self.dropout(a)                                      # (B, L, D)
+        m = self.mlp(n2(h))
+        h = h + gate2 * self.dropout(m)                                      # (B, L, D)
         return h
+
+    def fold(self, c: torch.Tensor) -> FoldedBlock:
+        """This block's adaLN for one constant condition c (1, C), folded into its LayerNorms."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c)[0].chunk(6)
+        return FoldedBlock(FoldedNorm(self.norm1, shift1, scale1), FoldedNorm(self.norm2, shift2, scale2),
+                           gate1, gate2)
 
 
 class DDiTFinalLayer(nn.Module):
@@ -83,9 +125,14 @@ class DDiTFinalLayer(nn.Module):
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)            # 2 x (B, [L,] D)
         return modulate(self.norm_final(h), shift, scale)
 
-    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """h: (B, L, D), c: (B, C) or (B, L, C) -> (B, L, V)."""
-        return self.linear(self.features(h, c))
+    def forward(self, h: torch.Tensor, c: torch.Tensor | FoldedNorm) -> torch.Tensor:
+        """h: (B, L, D), c: (B, C) or (B, L, C), or the folded final norm -> (B, L, V)."""
+        return self.linear(c(h) if isinstance(c, FoldedNorm) else self.features(h, c))
+
+    def fold(self, c: torch.Tensor) -> FoldedNorm:
+        """The final adaLN for one constant condition c (1, C), folded into the LayerNorm."""
+        shift, scale = self.adaLN_modulation(c)[0].chunk(2)
+        return FoldedNorm(self.norm_final, shift, scale)
 
 
 class DDiT(Backbone):
@@ -125,32 +172,43 @@ class DDiT(Backbone):
             self._check_kv_cache(x, causal, kv_cache, attn_mask)
         self._check_structure(x.shape[1], attn_mask, positions,
                               kv_cache.length if kv_cache is not None else 0)
-        sigma = self._prepare_sigma(x, sigma)                                # (B,) or (B, L)
-        if self.cfg.time_conditioning:
+        if self.cfg.time_conditioning and sigma is not None:
+            sigma = self._prepare_sigma(x, sigma)                            # (B,) or (B, L)
             c = F.silu(self.sigma_map(sigma))                                # (B, [L,] C)
-        else:            # time-agnostic (MDLM): σ = 0 for every row, one (1, C) row broadcast
+            conds, final = [c] * len(self.blocks), c
+        elif torch.is_grad_enabled() or return_hidden:
+            # time-agnostic (MDLM), or no σ given (σ = 0): one (1, C) row, broadcast
             c = self._constant_condition(h.device)                           # (1, C)
-        for i, block in enumerate(self.blocks):
+            conds, final = [c] * len(self.blocks), c
+        else:            # sampling / evaluation: the constant adaLN folded into the norms, once
+            conds, final = self._folded(h.device)
+        for i, (block, c) in enumerate(zip(self.blocks, conds)):
             h = block(h, c, causal, kv_cache.layer(i) if kv_cache is not None else None,
                       attn_mask, positions)
         if kv_cache is not None:
             kv_cache.advance(x.shape[1])
         if return_hidden:
-            return self.output_layer.features(h, c).float()                  # (B, L, D)
-        return self.output_layer(h, c).float()                               # (B, L, out_dim)
+            return self.output_layer.features(h, final).float()              # (B, L, D)
+        return self.output_layer(h, final).float()                           # (B, L, out_dim)
 
     def _constant_condition(self, device: torch.device) -> torch.Tensor:
         """SiLU(sigma_map(0)) as one (1, C) row: a time-agnostic model's conditioning is the same
-        for every row, so the adaLN layers run on one row and broadcast. Without autograd
-        (sampling, evaluation) it is computed once while the embedder's weights are unchanged."""
-        zero = torch.zeros(1, device=device)
-        if torch.is_grad_enabled():
-            return F.silu(self.sigma_map(zero))
-        key = (str(device),) + tuple((p.data_ptr(), p._version) for p in self.sigma_map.parameters())
-        cached = self.__dict__.get("_c0")
+        for every row, so the adaLN layers run on one row and broadcast."""
+        return F.silu(self.sigma_map(torch.zeros(1, device=device)))
+
+    def _folded(self, device: torch.device) -> tuple[list[FoldedBlock], FoldedNorm]:
+        """Every block's adaLN for the constant condition, folded into its norms (no autograd).
+
+        A decoding call then runs the same ops as a plain pre-LN transformer block (two norms,
+        attention, MLP, two gated residuals) instead of 6 + 2 adaLN projections, chunks and
+        modulations. Computed once and reused while no parameter has changed (keyed by every
+        parameter's storage and in-place version counter, so an optimizer step invalidates it)."""
+        key = (str(device),) + tuple((p.data_ptr(), p._version) for p in self.parameters())
+        cached = self.__dict__.get("_folded_cache")
         if cached is None or cached[0] != key:
-            cached = (key, F.silu(self.sigma_map(zero)))
-            self.__dict__["_c0"] = cached
+            c = self._constant_condition(device)                             # (1, C)
+            cached = (key, ([b.fold(c) for b in self.blocks], self.output_layer.fold(c)))
+            self.__dict__["_folded_cache"] = cached
         return cached[1]
 
     @property
