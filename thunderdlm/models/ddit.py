@@ -203,7 +203,10 @@ class DDiT(Backbone):
         attention, MLP, two gated residuals) instead of 6 + 2 adaLN projections, chunks and
         modulations. Computed once and reused while no parameter has changed (keyed by every
         parameter's storage and in-place version counter, so an optimizer step invalidates it)."""
-        key = (str(device),) + tuple((p.data_ptr(), p._version) for p in self.parameters())
+        params = self.__dict__.get("_folded_params")
+        if params is None:                     # walking the module tree each call costs ~10%
+            params = self.__dict__["_folded_params"] = list(self.parameters())
+        key = (device, *[(p.data_ptr(), p._version) for p in params])
         cached = self.__dict__.get("_folded_cache")
         if cached is None or cached[0] != key:
             c = self._constant_condition(device)                             # (1, C)
