@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--new-chars", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.7, 0.9])
+    ap.add_argument("--masked-thresholds", type=float, nargs="+", default=None,
+                    help="τ for plain masked runs (default: --thresholds)")
     ap.add_argument("--masked-block", type=int, default=16)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=2, help="timings per generation (fastest kept)")
@@ -44,6 +46,7 @@ def main() -> None:
     setup_runtime(args.threads)
     s = FrontierSettings(n=args.n, prompt_chars=args.prompt_chars, new_chars=args.new_chars,
                          batch=args.batch, thresholds=args.thresholds, masked_block=args.masked_block,
+                         masked_thresholds=args.masked_thresholds,
                          temperature=args.temperature, repeats=args.repeats)
     judge = None
     if args.judge != "none":

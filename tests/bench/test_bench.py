@@ -345,4 +345,17 @@ def test_speed_quality_suite_writes_the_frontier_for_every_method(tmp_path, data
 def test_shipped_speed_quality_suite_names_its_methods():
     suite, _ = load_suite("speed_quality")
     assert [m.name for m in suite.methods] == ["ar", "block4", "block16", "masked"]
-    assert suite.frontier.n == 16 and suite.frontier.thresholds == [0.5, 0.7, 0.9]
+    assert suite.frontier.n == 16 and suite.frontier.thresholds == [0.07, 0.1, 0.5, 0.7, 0.9]
+    assert suite.frontier.masked_thresholds == [0.5, 0.9]
+
+
+def test_masked_runs_take_their_own_thresholds():
+    from thunderdlm.bench.frontier import settings
+    from thunderdlm.bench.suite import FrontierSettings
+
+    s = FrontierSettings(n=1, thresholds=[0.1, 0.9], masked_thresholds=[0.5])
+    masked = [r.get("threshold") for r in settings("masked", s)]
+    assert masked == [0.5, 0.5]                    # τ = 0.5, and the prefix cache at the strictest
+    assert [r.get("threshold") for r in settings("block", s)] == [0.1, 0.9, None]
+    both = FrontierSettings(n=1, thresholds=[0.1, 0.9])
+    assert [r.get("threshold") for r in settings("masked", both)] == [0.1, 0.9, 0.9]

@@ -52,9 +52,10 @@ def settings(process_name: str, s: FrontierSettings) -> list[dict]:
                  for tau in s.thresholds]
                 + [{"label": "1 token/call", "remasking": "low_confidence"}])
     if process_name == "masked":
+        taus = s.masked_thresholds or s.thresholds
         rows = [{"label": f"τ={tau}, blocks of {s.masked_block}", "threshold": tau,
-                 "remasking": "low_confidence", "block_length": s.masked_block} for tau in s.thresholds]
-        tau = max(s.thresholds)      # Fast-dLLM's approximate prefix cache at the strictest τ
+                 "remasking": "low_confidence", "block_length": s.masked_block} for tau in taus]
+        tau = max(taus)              # Fast-dLLM's approximate prefix cache at the strictest τ
         return rows + [{"label": f"τ={tau}, blocks of {s.masked_block}, prefix cache",
                         "threshold": tau, "remasking": "low_confidence",
                         "block_length": s.masked_block, "overrides": ["process.prefix_cache=true"]}]
