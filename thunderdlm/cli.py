@@ -1,4 +1,4 @@
-"""``thunderdlm`` command line: data | train | sample | eval | convert | export | bench | presets.
+"""``thunderdlm`` command line: data | train | sample | eval | convert | export | bench | presets | serve.
 
 Errors the user can cause are printed as one line naming the field or file (exit code 2), never as
 a traceback; set THUNDERDLM_DEBUG=1 to see the traceback anyway.
@@ -340,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("presets", help="list the config presets")
     pr.set_defaults(func=cmd_presets)
+
+    from thunderdlm.serve.command import add_parser as add_serve_parser   # no FastAPI import until run
+
+    add_serve_parser(sub)
     return p
 
 
