@@ -71,7 +71,7 @@ def test_the_export_is_a_run_folder_with_the_same_logits_and_no_lora(exported):
     assert a.shape == (2, 16, vocab + 1)
     torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
     files = sorted(p.name for p in copy.checkpoint.iterdir())
-    assert files == ["model.safetensors", "state.json"]                       # no optimizer, no EMA
+    assert files == ["checksums.json", "model.safetensors", "state.json"]   # no optimizer, no EMA
     state = ck.read_state(copy.checkpoint)
     assert state["step"] == 3 and state["source_weights"] == "ema" and state["merged_lora"]
     assert RunFolder(res.out).tokenizer().fingerprint() == original.tokenizer.fingerprint()

@@ -9,15 +9,18 @@ Layout inside a run folder::
         optimizer.json           the optimiser's param groups (lr, betas, ...)
         state.json               step, tokens seen, training time, ...
         rng_rank<r>.safetensors  torch CPU/CUDA RNG and the data sampler state of rank r
+        checksums.json           sha256 of every other file, verified when the checkpoint loads
     checkpoints/latest           name of the newest complete checkpoint
 
 A checkpoint is written into a hidden temporary folder that is renamed into place only when every
 file is on disk, and ``latest`` is replaced with ``os.replace``: a kill at any moment leaves the
-previous checkpoint intact. Loading a damaged checkpoint falls back to the previous one.
+previous checkpoint intact. Loading a damaged checkpoint (missing, truncated, or with bytes that
+no longer match its checksum) falls back to the previous one.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -32,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from thunderdlm.errors import CheckpointError
 
 CKPT_DIR = "checkpoints"
+CHECKSUMS = "checksums.json"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -121,8 +125,43 @@ def begin_checkpoint(run_dir: Path, step: int) -> Path:
     return tmp
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_checksums(folder: Path) -> None:
+    """``checksums.json``: the sha256 of every file of a finished checkpoint folder."""
+    sums = {p.name: file_sha256(p) for p in sorted(folder.iterdir())
+            if p.is_file() and p.name != CHECKSUMS and not p.name.startswith(".")}
+    atomic_write_text(folder / CHECKSUMS, json.dumps(sums, indent=1))
+
+
+def checksum_problem(folder: Path) -> str | None:
+    """None when every file listed in ``checksums.json`` still has its sha256 (or the folder has no
+    checksums: written before they existed, or by hand), else what is wrong."""
+    path = folder / CHECKSUMS
+    if not path.exists():
+        return None
+    try:
+        sums = json.loads(path.read_text())
+        assert isinstance(sums, dict)
+    except (json.JSONDecodeError, UnicodeDecodeError, AssertionError):
+        return f"'{path}' is corrupt"
+    for name, expected in sums.items():
+        if not (folder / name).is_file():
+            return f"'{folder / name}' is missing"
+        if file_sha256(folder / name) != expected:
+            return f"'{folder / name}' does not match its checksum (the file is corrupt)"
+    return None
+
+
 def commit_checkpoint(run_dir: Path, tmp: Path, step: int, keep: int) -> Path:
-    """Rename the finished temp folder into place, point ``latest`` at it, prune old ones."""
+    """Checksum the finished temp folder, rename it into place, point ``latest`` at it, prune."""
+    write_checksums(tmp)
     final = Path(run_dir) / CKPT_DIR / checkpoint_name(step)
     if final.exists():
         shutil.rmtree(final)
@@ -164,10 +203,14 @@ def latest_checkpoint(run_dir: Path) -> Path:
 
 
 def checkpoint_problem(ckpt: Path) -> str | None:
-    """None when the checkpoint's files are complete and readable, else what is wrong."""
+    """None when the checkpoint's files are complete, readable and match their checksums, else
+    what is wrong."""
     for name in ("model.safetensors", "state.json"):
         if not (ckpt / name).exists():
             return f"'{ckpt / name}' is missing"
+    problem = checksum_problem(ckpt)
+    if problem:
+        return problem
     for path in ckpt.glob("*.safetensors"):
         try:
             with open(path, "rb") as f:
@@ -188,3 +231,15 @@ def checkpoint_problem(ckpt: Path) -> str | None:
 
 def read_state(ckpt: Path) -> dict:
     return json.loads((ckpt / "state.json").read_text())
+
+
+def read_optimizer_groups(ckpt: Path) -> list[dict]:
+    """The optimiser's param groups from ``optimizer.json``, or a CheckpointError naming it."""
+    path = ckpt / "optimizer.json"
+    try:
+        groups = json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise CheckpointError(f"'{path}' is unreadable ({e}); the checkpoint is damaged") from None
+    if not (isinstance(groups, list) and all(isinstance(g, dict) and "params" in g for g in groups)):
+        raise CheckpointError(f"'{path}' is not a list of optimizer param groups; the checkpoint is damaged")
+    return groups

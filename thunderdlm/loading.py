@@ -53,7 +53,13 @@ def load_run(run: str | Path, checkpoint: str | None = None, device: str = "auto
     dev = resolve_device(device)
     process = build_process(cfg.process, tokenizer.vocab_size)
     model = process.build_network(cfg.model, cfg.data.seq_len)
-    ckpt = (run_dir / ck.CKPT_DIR / checkpoint) if checkpoint else ck.latest_checkpoint(run_dir)
+    if checkpoint:   # a named checkpoint is used as it is, or refused: no silent fallback
+        ckpt = run_dir / ck.CKPT_DIR / checkpoint
+        problem = ck.checkpoint_problem(ckpt) if ckpt.is_dir() else f"'{ckpt}' does not exist"
+        if problem:
+            raise CheckpointError(f"checkpoint '{checkpoint}' of '{run_dir}' cannot be used: {problem}")
+    else:
+        ckpt = ck.latest_checkpoint(run_dir)
     weights = "ema.safetensors" if ema and (ckpt / "ema.safetensors").exists() else "model.safetensors"
     state = ck.load_tensors(ckpt / weights)
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from thunderdlm.config import apply_overrides, from_dict, load_yaml, param, to_dict
 from thunderdlm.data.config import DataConfig
-from thunderdlm.errors import CheckpointError
+from thunderdlm.errors import CheckpointError, ConfigError
 from thunderdlm.models.config import ModelConfig
 from thunderdlm.processes.config import ProcessConfig
 from thunderdlm.train.config import TrainConfig
@@ -47,7 +47,35 @@ def read_run_config(run_dir: Path, overrides: list[str] | None = None) -> RunCon
         raise CheckpointError(f"'{run_dir}' is not a thunderdlm run folder (no config.json); "
                               "pass the folder that `thunderdlm train` wrote")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"'{path}' is not valid JSON ({e}); the run folder is damaged") from None
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"'{path}' is not valid UTF-8 JSON ({e}); the run folder is damaged") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"'{path}' must hold a JSON object (the run's config), "
+                              f"not a {type(data).__name__}; the run folder is damaged")
     return RunConfig.from_data(apply_overrides(data, overrides or []))
+
+
+# what a checkpoint's weights and data depend on: a resume may not change these
+FIXED_ON_RESUME = ("model", "process.name", "data.seq_len")
+
+
+def check_resume_config(stored: RunConfig, new: RunConfig) -> None:
+    """Refuse ``--resume`` overrides that change the network's shape or its process (the
+    checkpoint could not be loaded, or would train a different model); the tokenizer is checked
+    against the run's own when the data loads."""
+    old, cur = _flat(stored.to_dict()), _flat(new.to_dict())
+    for key in sorted(set(old) | set(cur)):
+        if key.startswith(FIXED_ON_RESUME) and old.get(key) != cur.get(key):
+            raise ConfigError(f"config field '{key}' cannot change when resuming (the run has "
+                              f"{old.get(key)!r}, got {cur.get(key)!r}); start a new run with another out_dir= instead")
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -5,10 +5,17 @@
     RUN/data.json          where the data came from (folder, meta, tokenizer fingerprint)
     RUN/metrics.jsonl      one JSON object per logged step / evaluation
     RUN/checkpoints/...    see checkpoint.py
+    RUN/.lock              held (flock) by the training that writes the folder
+
+Only one training writes a run folder at a time: :meth:`RunFolder.claim` takes an exclusive
+``flock`` on ``RUN/.lock``. The kernel drops it when the process ends however it ends (kill -9
+included), so a lock left by a dead process never blocks; the file only records the holder's pid.
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -17,9 +24,54 @@ from thunderdlm.data import TokenData, load_tokenizer
 from thunderdlm.errors import CheckpointError, TokenizerError
 
 
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``RUN/.lock``; :meth:`release` (or the process ending) drops it."""
+
+    def __init__(self, folder: Path):
+        self.file = open(folder / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "?"
+            self.file.close()
+            raise CheckpointError(f"run folder '{folder}' is in use by another training (pid {holder}); "
+                                  "wait for it to finish (or stop it), or choose another out_dir=") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        if not self.file.closed:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+
+
 class RunFolder:
     def __init__(self, path: Path):
         self.path = Path(path)
+
+    def claim(self, new: bool) -> RunLock:
+        """Lock the folder for one training. A new run may go into a missing or empty folder, or a
+        run folder (config.json); any other folder is refused rather than partly overwritten."""
+        if self.path.exists() and not self.path.is_dir():
+            raise CheckpointError(f"out_dir '{self.path}' is a file, not a folder; choose another out_dir=")
+        if new and self.path.is_dir() and not (self.path / "config.json").exists():
+            others = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE)
+            if others:
+                raise CheckpointError(
+                    f"out_dir '{self.path}' exists and is not a thunderdlm run folder (it holds "
+                    f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); choose a new or "
+                    "empty out_dir= so nothing in it is overwritten")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            return RunLock(self.path)
+        except OSError as e:     # a read-only parent, a full disk...
+            raise CheckpointError(f"cannot write the run folder '{self.path}': {e.strerror or e}") from None
 
     # ---- creation ------------------------------------------------------------------------------
     def create(self, cfg, data: TokenData) -> None:
@@ -63,10 +115,26 @@ class RunFolder:
             f.write(json.dumps(row) + "\n")
 
     def metrics(self) -> list[dict]:
+        """The logged rows; a torn last line (a kill during a write) is dropped, a bad line
+        elsewhere is an error naming the file and line."""
         path = self.path / "metrics.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = path.read_text(errors="replace").splitlines()
+        rows = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict):
+                if i == len(lines) - 1:
+                    break
+                raise CheckpointError(f"'{path}' line {i + 1} is not a JSON object; fix or delete that line")
+            rows.append(row)
+        return rows
 
     def truncate_metrics(self, step: int) -> None:
         """Drop rows logged after the checkpoint being resumed (they will be logged again)."""

@@ -1,6 +1,7 @@
 """``train`` config section: optimiser, schedule, budget, evaluation and checkpoint cadence."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from thunderdlm.config import check, param
@@ -39,7 +40,16 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("batch_size", "grad_accum"):
             check(getattr(self, name) >= 1, f"train.{name}", f"must be ≥ 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "max_steps", "max_minutes", "eval_interval", "max_bad_steps"):
+            value = getattr(self, name)
+            check(value >= 0, f"train.{name}", f"must be ≥ 0, got {value}")
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "max_minutes", "ema_decay"):
+            value = getattr(self, name)
+            check(math.isfinite(value), f"train.{name}", f"must be a finite number, got {value}")
+        check(self.eval_windows >= 1, "train.eval_windows", f"must be ≥ 1, got {self.eval_windows}")
         check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1",
+              f"the AdamW betas must be in [0, 1), got {self.beta1}, {self.beta2}")
         check(0 <= self.min_lr <= self.lr, "train.min_lr", f"must be in [0, train.lr], got {self.min_lr}")
         check(self.max_steps > 0 or self.max_minutes > 0, "train.max_steps",
               "set a budget: train.max_steps > 0 or train.max_minutes > 0")

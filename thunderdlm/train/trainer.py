@@ -13,6 +13,8 @@ fraction of the budget used, so a run of any speed ends its cosine decay when it
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from thunderdlm.errors import CheckpointError, TrainingError
 from thunderdlm.evaluate import likelihood_bound
 from thunderdlm.models.hf_io import check_tokenizer
 from thunderdlm.processes import build_process
-from thunderdlm.run_config import RunConfig, read_run_config
+from thunderdlm.run_config import RunConfig, check_resume_config, read_run_config
 from thunderdlm.runfolder import RunFolder
 from thunderdlm.runtime import resolve_device, setup_runtime
 from thunderdlm.train.distributed import (GatheredOptimizer, barrier, fsdp_errors, full_state_dicts,
@@ -54,6 +56,33 @@ def train_step_hooks(model: nn.Module) -> list:
     (resume restores ``step``, so they resume too)."""
     hooks = (getattr(module, "on_train_step", None) for module in model.modules())
     return [hook for hook in hooks if callable(hook)]
+
+
+class StopRequest:
+    """Ctrl-C during training: the first SIGINT asks the loop to stop at the next step boundary,
+    where the weights, optimiser, RNG and data position belong to the same step, so the checkpoint
+    written then resumes bit-identically (a KeyboardInterrupt raised inside a step would leave the
+    RNG and the data sampler one step ahead of the weights). A second SIGINT interrupts at once.
+    Only the main thread can install a signal handler; elsewhere SIGINT stays a KeyboardInterrupt."""
+
+    def __init__(self, note):
+        self.requested, self._note, self._previous = False, note, None
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self._note("Ctrl-C: stopping after this step and saving a checkpoint "
+                   "(Ctrl-C again to stop at once, without one)")
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 # ---- optimiser and schedule ------------------------------------------------------------------------
@@ -117,15 +146,26 @@ class Trainer:
                                      cfg.seed, self.rank)
         self.val = eval_windows(self.data.split("val"), cfg.data.seq_len, self.tc.eval_windows)
         self.step, self.tokens, self.train_seconds = 0, 0, 0.0
-        if resume:
-            self._resume()
-        elif self.is_main:
-            self.folder.create(cfg, self.data)
+        # rank 0 holds the run folder's lock until fit() ends (the kernel drops it if we die)
+        self.lock = self.folder.claim(new=not resume) if self.is_main else None
+        try:
+            if resume:
+                self._resume()
+            elif self.is_main:
+                self.folder.create(cfg, self.data)
+        except BaseException:
+            self.release()
+            raise
         barrier(self.world)
         if not self.fsdp:
             self.model = self._wrap(self.raw_model)
         self.display = TrainDisplay(self.tc, enabled=show and self.is_main)
         self.autocast = self._autocast()
+
+    def release(self) -> None:
+        """Let another training use the run folder (fit() calls it when it ends)."""
+        if self.lock is not None:
+            self.lock.release()
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if self.fsdp:
@@ -145,11 +185,23 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------------
     def fit(self) -> TrainSummary:
+        try:
+            with StopRequest(self.display.note) as self.stop_request:
+                return self._fit()
+        finally:
+            self.release()
+
+    def _fit(self) -> TrainSummary:
         stopped_by, loss = "budget", float("nan")
-        bad = 0
+        bad, mid_step = 0, False
+        self.stop_agreed = False     # under DDP/FSDP: every rank saw the request (see _train_step)
         self.display.start(self.step, budget_progress(self.tc, self.step, self.train_seconds))
         try:
             while budget_progress(self.tc, self.step, self.train_seconds) < 1.0:
+                if self.stop_agreed if self.world > 1 else self.stop_request.requested:
+                    stopped_by = "interrupt"
+                    break
+                mid_step = True
                 t0 = time.perf_counter()
                 progress = budget_progress(self.tc, self.step, self.train_seconds)
                 lr = learning_rate(self.tc, self.step, progress)
@@ -160,24 +212,41 @@ class Trainer:
                 loss, metrics, ok = self._train_step()
                 bad = 0 if ok else bad + 1
                 if bad > self.tc.max_bad_steps:
-                    raise TrainingError(
-                        f"the loss was non-finite for {bad} consecutive steps (step {self.step}); "
-                        f"stopped without saving. The last good checkpoint is kept in "
-                        f"'{self.folder.path / ck.CKPT_DIR}'. Lower train.lr or check the data.")
+                    raise TrainingError(self._non_finite_message(bad))
                 self.train_seconds += time.perf_counter() - t0
                 if ok:
                     self.step += 1
                     self.tokens += self.tc.batch_size * self.tc.grad_accum * self.cfg.data.seq_len * self.world
+                mid_step = False     # weights, optimiser, RNG and data position agree again
                 self._after_step(loss, lr, metrics, ok)
         except KeyboardInterrupt:
             stopped_by = "interrupt"
         finally:
             self.display.stop()
+        if stopped_by == "interrupt" and mid_step:
+            # inside a step the RNG and data sampler are ahead of the weights: a checkpoint of that
+            # state would not resume exactly, so keep the last one written at a step boundary
+            if self.is_main:
+                print(f"interrupted inside step {self.step + 1}: no checkpoint written (it would not "
+                      f"resume exactly); {self._last_checkpoint_note()}")
+            return TrainSummary(self.folder.path, self.step, self.tokens, self.train_seconds, loss, stopped_by)
         self.save_checkpoint()
         if stopped_by == "interrupt" and self.is_main:
             print(f"interrupted at step {self.step}: checkpoint saved; continue with "
                   f"`thunderdlm train --resume {self.folder.path}`")
         return TrainSummary(self.folder.path, self.step, self.tokens, self.train_seconds, loss, stopped_by)
+
+    def _last_checkpoint_note(self) -> str:
+        ckpts = ck.list_checkpoints(self.folder.path)
+        if not ckpts:
+            return "no checkpoint was written yet, so the run must start again"
+        return (f"the last checkpoint, '{ckpts[-1]}', is kept; continue with "
+                f"`thunderdlm train --resume {self.folder.path}`")
+
+    def _non_finite_message(self, bad: int) -> str:
+        return (f"the loss was non-finite for {bad} consecutive step(s) (at step {self.step}, "
+                f"train.max_bad_steps={self.tc.max_bad_steps}); stopped without saving; "
+                f"{self._last_checkpoint_note()}. Lower train.lr or check the data.")
 
     def _train_step(self) -> tuple[float, dict, bool]:
         """One optimiser step over grad_accum micro-batches; (loss, metrics, ok)."""
@@ -205,10 +274,11 @@ class Trainer:
         for value in micro_losses:
             total += value / self.tc.grad_accum
         ok = math.isfinite(total) and math.isfinite(norm_value)
-        if self.world > 1:  # every rank must agree to skip, or the weights drift apart
-            flag = torch.tensor([1.0 if ok else 0.0], device=self.device)
+        if self.world > 1:  # every rank must agree to skip (or to stop), or the weights drift apart
+            going_on = not self.stop_request.requested
+            flag = torch.tensor([1.0 if ok else 0.0, 1.0 if going_on else 0.0], device=self.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            ok = bool(flag.item() > 0)
+            ok, self.stop_agreed = bool(flag[0].item() > 0), bool(flag[1].item() == 0)
         if ok:
             self.optimizer.step()
             if self.ema is not None:
@@ -300,16 +370,20 @@ class Trainer:
                 f"'{ckpt}' holds weights only (no optimizer state or RNG: an export, or a copied "
                 f"checkpoint), so it cannot be resumed exactly; start a new run from it instead "
                 f"(for an export: model.path={self.folder.path / 'hf'})")
-        import json
-        groups = json.loads((ckpt / "optimizer.json").read_text())
+        groups = ck.read_optimizer_groups(ckpt)
         if self.fsdp:  # every rank reads the full files on the CPU and keeps its shards of them
             opt_t = ck.load_tensors(ckpt / "optimizer.safetensors")
             load_full_state_dicts(self.raw_model, self.optimizer, ck.load_tensors(ckpt / "model.safetensors"),
                                   ck.optimizer_from_flat(opt_t, groups))
         else:
-            self.raw_model.load_state_dict(ck.load_tensors(ckpt / "model.safetensors", self.device))
+            weights = ck.load_tensors(ckpt / "model.safetensors", self.device)
             opt_t = ck.load_tensors(ckpt / "optimizer.safetensors", self.device)
-            self.optimizer.load_state_dict(ck.optimizer_from_flat(opt_t, groups))
+            try:
+                self.raw_model.load_state_dict(weights)
+                self.optimizer.load_state_dict(ck.optimizer_from_flat(opt_t, groups))
+            except (RuntimeError, ValueError, KeyError) as e:
+                raise CheckpointError(f"'{ckpt}' does not match the model in '{self.folder.path}/config.json': "
+                                      f"{str(e).splitlines()[0]}") from None
         if self.ema is not None:
             self.ema.load(ck.load_tensors(ckpt / "ema.safetensors", self.device))
         rng = ck.load_tensors(ckpt / f"rng_rank{self.rank}.safetensors")
@@ -320,6 +394,7 @@ class Trainer:
         self.step, self.tokens, self.train_seconds = state["step"], state["tokens"], state["train_seconds"]
         if self.is_main:
             self.folder.truncate_metrics(self.step)
+            self.folder.write_config(self.cfg)       # the overrides, now that they proved usable
             print(f"resuming {self.folder.path} from {ckpt.name} (step {self.step})")
 
 
@@ -331,6 +406,6 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, show: bool = True) 
 def resume(run_dir: str | Path, overrides: list[str] | None = None, show: bool = True) -> TrainSummary:
     """Continue a run from its latest checkpoint (``overrides`` may extend the budget)."""
     cfg = read_run_config(Path(run_dir), overrides)
-    if overrides:
-        RunFolder(Path(run_dir)).write_config(cfg)
+    if overrides:   # config.json is rewritten only once the checkpoint has loaded (Trainer._resume)
+        check_resume_config(read_run_config(Path(run_dir)), cfg)
     return Trainer(cfg, Path(run_dir), resume=True, show=show).fit()
