@@ -88,3 +88,23 @@ def test_read_documents_empty_corpus(tmp_path: Path):
     empty_dir.mkdir()
     with pytest.raises(DataError, match="corpus is empty"):
         read_documents([empty_dir])
+
+
+def test_json_file_of_records_is_read_by_its_text_field(tmp_path: Path):
+    (tmp_path / "r.json").write_text(json.dumps([{"text": "first"}, {"text": "second", "id": 2}]))
+    assert read_documents([tmp_path / "r.json"]) == ["first", "second"]
+    (tmp_path / "c.json").write_text(json.dumps([{"body": "x"}]))
+    assert read_documents([tmp_path / "c.json"], text_field="body") == ["x"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"text": "one object"}', "must hold one array of objects"),
+    ('["a", "b"]', "must hold one array of objects"),
+    ('[{"text": "a"}, {"body": "b"}]', r"record 1: field 'text' is missing"),
+    ('[{"text": 3}]', r"record 0: field 'text' is not a string"),
+    ('[{"text": "a"},', "not valid JSON"),
+])
+def test_json_file_that_is_not_records_is_named(tmp_path: Path, content, message):
+    (tmp_path / "bad.json").write_text(content)
+    with pytest.raises(DataError, match=r"bad\.json.*" + message):
+        read_documents([tmp_path / "bad.json"])

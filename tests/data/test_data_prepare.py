@@ -85,3 +85,56 @@ def test_prepare_shakespeare_char(tmp_path: Path):
     assert len(data.split("train")) == 4_504_562 and len(data.split("val")) == 500_507
     assert data.chars_per_token("train") == 1.0
     assert data.tokenizer.decode(data.split("train")[:28]) == "# A Midsummer Night's Dream\n"
+
+
+# ---- issue 19's battery: a failed re-prepare keeps the old folder, bad inputs are named ----------
+
+def test_a_failed_prepare_leaves_the_old_folder_intact(tmp_path, monkeypatch):
+    import errno
+
+    from thunderdlm.data import prepare as prep
+    src = tmp_path / "a.txt"
+    src.write_text("hello world, the data layer\n" * 60)
+    out = prepare_data(tmp_path / "d", source=None, paths=[str(src)], tokenizer="char")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def disk_full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(prep, "write_bins", disk_full)
+    with pytest.raises(DataError, match=r"cannot write data folder '.*d' \(No space left on device\)"):
+        prepare_data(out, source=None, paths=[str(src)], tokenizer="char")
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no temp left
+
+
+def test_prepare_refuses_a_folder_that_is_not_a_data_folder(tmp_path):
+    src = tmp_path / "a.txt"
+    src.write_text("hello world, the data layer\n" * 60)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="'.*mine' exists and is not a prepared data folder"):
+        prepare_data(tmp_path / "mine", source=None, paths=[str(src)], tokenizer="char")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("size", [0, -1, 10_000_000])
+def test_vocab_size_out_of_range_is_named(tmp_path, size):
+    src = tmp_path / "a.txt"
+    src.write_text("hello world " * 100)
+    with pytest.raises(ConfigError, match="'vocab_size' \\(--vocab-size\\)"):
+        prepare_data(tmp_path / "d", source=None, paths=[str(src)], tokenizer="bpe", vocab_size=size)
+
+
+def test_token_ids_past_the_vocabulary_are_named(tmp_path):
+    import json as js
+
+    from thunderdlm.data import TokenData
+    src = tmp_path / "a.txt"
+    src.write_text("hello world, the data layer\n" * 60)
+    out = prepare_data(tmp_path / "d", source=None, paths=[str(src)], tokenizer="char")
+    meta = js.loads((out / "meta.json").read_text())
+    raw = bytearray((out / "val.bin").read_bytes())
+    raw[0:2] = (meta["vocab_size"] + 5).to_bytes(2, "little")
+    (out / "val.bin").write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=f"val.bin' holds token id {meta['vocab_size'] + 5}"):
+        TokenData(out)

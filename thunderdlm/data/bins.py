@@ -119,7 +119,12 @@ class TokenData:
                             "another preparation; prepare the data again")
         if count == 0:  # np.memmap cannot map an empty file
             return np.empty(0, dtype=self._dtype)
-        return np.memmap(path, dtype=self._dtype, mode="r", shape=(count,))
+        tokens = np.memmap(path, dtype=self._dtype, mode="r", shape=(count,))
+        top = int(tokens.max())    # one pass: an id past the vocabulary would index out of range later
+        if top >= int(self._meta["vocab_size"]):
+            raise DataError(f"token bin '{path}' holds token id {top} but {META_FILE} says the "
+                            f"vocabulary has {self._meta['vocab_size']} ids; prepare the data again")
+        return tokens
 
     @property
     def meta(self) -> dict[str, Any]:

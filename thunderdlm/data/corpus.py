@@ -5,8 +5,8 @@ package. We only read its data files, never import it (its import pulls in extra
 turn the Markdown speaker headings ``**HAMLET**`` into the familiar ``HAMLET:`` form, giving a plain
 text of exactly 5,005,069 characters over 84 distinct symbols.
 
-User documents come from text files, folders of text files, or ``.jsonl`` files with one JSON object
-per line. Every problem (missing path, undecodable file, bad JSON line, empty corpus) is reported as a
+User documents come from text files, folders of text files, ``.jsonl`` files with one JSON object
+per line, or ``.json`` files holding one array of such objects (records). Every problem (missing path, undecodable file, bad JSON line, empty corpus) is reported as a
 :class:`~thunderdlm.errors.DataError` naming the file (and line) and saying what to do.
 """
 from __future__ import annotations
@@ -114,7 +114,30 @@ def _read_file(file: Path, text_field: str) -> list[str]:
         raise DataError(f"cannot read data file '{file}': {e.strerror}") from None
     if file.suffix.lower() == ".jsonl":
         return _jsonl_documents(file, text, text_field)
+    if file.suffix.lower() == ".json":
+        return _json_documents(file, text, text_field)
     return [text]
+
+
+def _json_documents(file: Path, text: str, text_field: str) -> list[str]:
+    """One document per record of a ``.json`` file holding an array of objects."""
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{file}: not valid JSON ({e.msg} at line {e.lineno}); a .json data file "
+                        "must hold one array of objects (records)") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise DataError(f"{file}: a .json data file must hold one array of objects, each with a "
+                        f"'{text_field}' field (got a {type(records).__name__}); for plain text use "
+                        "another extension")
+    documents = []
+    for number, record in enumerate(records):
+        if not isinstance(record.get(text_field), str):
+            problem = "is not a string" if text_field in record else "is missing"
+            raise DataError(f"{file}, record {number}: field '{text_field}' {problem}; "
+                            "set --text-field to the field that holds the text")
+        documents.append(record[text_field])
+    return documents
 
 
 def _jsonl_documents(file: Path, text: str, text_field: str) -> list[str]:

@@ -9,13 +9,13 @@ can be reported as bits per character, comparable across tokenizers.
 from __future__ import annotations
 
 import importlib.metadata
-import shutil
 from pathlib import Path
 
+from thunderdlm.checkpoint import atomic_folder
 from thunderdlm.errors import ConfigError, DataError
 from thunderdlm.data.bins import META_FILE, TOKENIZER_DIR, write_bins
 from thunderdlm.data.corpus import read_documents, shakespeare_text
-from thunderdlm.data.tokenizers import (KINDS, BPETokenizer, CharTokenizer, Tokenizer, WordTokenizer,
+from thunderdlm.data.tokenizers import (KINDS, MAX_VOCAB, BPETokenizer, CharTokenizer, Tokenizer, WordTokenizer,
                                         train_tokenizer)
 
 DOC_SEPARATOR = "\n\n"  # between user documents when the tokenizer has no eos token
@@ -32,6 +32,9 @@ def prepare_data(out_dir: str | Path, source: str | None = "shakespeare", paths:
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"config field 'val_fraction': must be between 0 and 1 (exclusive), "
                           f"got {val_fraction}")
+    if vocab_size is not None and not 1 <= vocab_size <= MAX_VOCAB:
+        raise ConfigError(f"config field 'vocab_size' (--vocab-size): must be between 1 and "
+                          f"{MAX_VOCAB:,}, got {vocab_size}")
     if tokenizer not in KINDS:
         raise ConfigError(f"config field 'tokenizer': unknown tokenizer {tokenizer!r}; "
                           f"choose one of {', '.join(KINDS)}")
@@ -48,9 +51,15 @@ def prepare_data(out_dir: str | Path, source: str | None = "shakespeare", paths:
             "tokenizer_fingerprint": tok.fingerprint(),
             "chars": {"train": len(train_text), "val": len(val_text)},
             "val_fraction": val_fraction, "source": description}
-    out = _fresh_folder(Path(out_dir))
-    tok.save(out / TOKENIZER_DIR)
-    return write_bins(out, splits, meta)
+    out = _check_out_folder(Path(out_dir))
+    try:   # written beside `out` and renamed over it at the end: a failure leaves `out` as it was
+        with atomic_folder(out) as tmp:
+            tok.save(tmp / TOKENIZER_DIR)
+            write_bins(tmp, splits, meta)
+    except OSError as e:
+        raise DataError(f"cannot write data folder '{out}' ({e.strerror or e}); "
+                        "it was left as it was") from None
+    return out
 
 
 def _separator(kind: str, pretrained: Tokenizer | None) -> str:
@@ -90,13 +99,12 @@ def _fit_tokenizer(kind: str, train_text: str, val_text: str, vocab_size: int | 
     return train_tokenizer(kind, [train_text], vocab_size=vocab_size)
 
 
-def _fresh_folder(out: Path) -> Path:
-    """Create ``out`` and remove the outputs of an earlier preparation (meta.json first)."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise DataError(f"cannot create data folder '{out}': a file with that name exists") from None
-    (out / META_FILE).unlink(missing_ok=True)
-    if (out / TOKENIZER_DIR).is_dir():
-        shutil.rmtree(out / TOKENIZER_DIR)
+def _check_out_folder(out: Path) -> Path:
+    """``out`` may be missing, empty or an earlier data folder (which is replaced whole); anything
+    else is refused rather than deleted."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"cannot create data folder '{out}': a file with that name exists")
+    if out.is_dir() and not (out / META_FILE).exists() and any(out.iterdir()):
+        raise DataError(f"'{out}' exists and is not a prepared data folder (no {META_FILE}); "
+                        "choose a new or empty --out so nothing in it is deleted")
     return out

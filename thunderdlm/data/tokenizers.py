@@ -27,6 +27,7 @@ from thunderdlm.errors import TokenizerError
 META_FILE = "tokenizer_meta.json"
 KINDS = ("char", "bpe", "word", "hf")
 DEFAULT_BPE_VOCAB = 4096
+MAX_VOCAB = 2**20          # the largest vocabulary a tokenizer may be trained to (Gemma's is 256k)
 
 
 class Tokenizer(ABC):
