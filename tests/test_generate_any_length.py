@@ -79,7 +79,7 @@ def test_bad_requests_are_named(runs):
     lm = thunderdlm.load(runs["block"])
     with pytest.raises(SamplingError, match="prompt has"):
         lm.sample(TEXT, max_new_tokens=5)
-    with pytest.raises(SamplingError, match="threshold must be"):
+    with pytest.raises(SamplingError, match=r"'threshold' \(--threshold\): must be"):
         lm.sample("to", length=8, threshold=1.5)
     with pytest.raises(SamplingError, match="max_new_tokens"):
         lm.sample("to", max_new_tokens=0)

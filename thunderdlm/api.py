@@ -12,17 +12,26 @@ from typing import Callable
 import torch
 
 from thunderdlm.data import TokenData, eval_windows
-from thunderdlm.errors import SamplingError
+from thunderdlm.errors import CheckpointError, SamplingError
 from thunderdlm.evaluate import likelihood_bound
 from thunderdlm.loading import load_run
 from thunderdlm.processes import SampleOptions
 from thunderdlm.run_config import RunConfig
 from thunderdlm.runfolder import RunFolder
 from thunderdlm.sampling.loop import SampleResult, StepInfo, run_sampler
-from thunderdlm.sampling.requests import build_request
+from thunderdlm.sampling.requests import build_request, check_sample_args
 from thunderdlm.sampling.rolling import StopRule, continue_tokens
 
 REMASKING = ("ancestral", "low_confidence", "random")
+
+
+def check_eval_args(*, t_samples: int, seed: int, windows: int = 0, batch_size: int = 1) -> None:
+    """Likelihood arguments, checked before any work: a SamplingError naming the argument."""
+    for name, value, lo in (("t_samples", t_samples, 1), ("windows", windows, 0),
+                            ("batch_size", batch_size, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise SamplingError(f"argument '{name}' (--{name.replace('_', '-')}) must be an integer "
+                                f"≥ {lo}, got {value!r}")
 
 
 class DiffusionLM:
@@ -51,6 +60,9 @@ class DiffusionLM:
         tokenizer's EOS token or one of the ``stop`` strings (the texts are cut before them);
         ``steps`` is then shared out over the rounds. ``threshold`` τ: Fast-dLLM's parallel
         decoding (commit every position whose confidence exceeds τ, at least one per step)."""
+        check_sample_args(steps=steps, n=n, length=length, max_new_tokens=max_new_tokens, seed=seed,
+                          temperature=temperature, top_k=top_k, top_p=top_p, block_length=block_length,
+                          threshold=threshold, prompt=prompt, infill=infill, stop=stop)
         if max_new_tokens is not None:
             if infill is not None or (length is not None and length != max_new_tokens):
                 raise SamplingError("max_new_tokens continues a prompt: give it without --infill "
@@ -106,8 +118,8 @@ class DiffusionLM:
         (every other position is kept). The options are checked here, once for every caller."""
         if remasking not in REMASKING:
             raise SamplingError(f"--remasking must be one of {list(REMASKING)}, got {remasking!r}")
-        if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-            raise SamplingError("need temperature ≥ 0, 0 < top_p ≤ 1 and top_k ≥ 0")
+        check_sample_args(steps=steps, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
+                          block_length=block_length, threshold=threshold)
         opts = SampleOptions(temperature, top_k, top_p, remasking, threshold)
         return run_sampler(self.process, self.model, x_init.to(self.device), editable.to(self.device),
                            steps=steps, block_length=block_length, options=opts,
@@ -125,6 +137,9 @@ class DiffusionLM:
     def nll(self, texts: list[str] | str, t_samples: int = 32, seed: int = 0) -> list[dict]:
         """Per text: NELBO (upper bound on NLL) in nats/token and bits/char, with its stderr."""
         texts = [texts] if isinstance(texts, str) else texts
+        if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
+            raise SamplingError(f"nll() takes a text or a list of texts, got {type(texts).__name__}")
+        check_eval_args(t_samples=t_samples, seed=seed)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         out = []
         for text in texts:
@@ -147,6 +162,7 @@ class DiffusionLM:
     def evaluate(self, data_dir: str | None = None, windows: int = 0, t_samples: int = 4,
                  batch_size: int = 64, seed: int = 0) -> dict:
         """Validation bound over ``windows`` non-overlapping windows (0 = the whole split)."""
+        check_eval_args(t_samples=t_samples, seed=seed, windows=windows, batch_size=batch_size)
         data = TokenData(data_dir or self.cfg.data.dir)
         RunFolder(self.run_dir).check_tokenizer(data)
         val = eval_windows(data.split("val"), self.context, windows or None).to(self.device)
@@ -164,6 +180,9 @@ def load(run: str | Path, checkpoint: str | None = None, device: str = "auto", e
     ``overrides`` (``key=value``) change the stored config before the model is built, e.g. a
     sampler setting (``process.scheduling_matrix=pyramid``); one that changes the network's shape
     fails with the checkpoint mismatch error. The loading itself is ``loading.load_run``."""
+    if not isinstance(run, (str, Path)):
+        raise CheckpointError(f"load() takes a run folder path (str or Path), got {run!r} "
+                              f"({type(run).__name__})")
     loaded = load_run(run, checkpoint=checkpoint, device=device, ema=ema, overrides=overrides)
     return DiffusionLM(loaded.run_dir, loaded.cfg, loaded.model, loaded.process, loaded.tokenizer,
                        loaded.device, loaded.checkpoint)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 from collections.abc import Iterator
@@ -36,6 +37,31 @@ from thunderdlm.errors import CheckpointError
 
 CKPT_DIR = "checkpoints"
 CHECKSUMS = "checksums.json"
+
+
+def writable_problem(path: Path) -> str | None:
+    """None when ``path`` can be written (atomically: a temp file beside it, then a rename), else
+    why not; checked before a long computation whose result would otherwise be lost."""
+    path = Path(path)
+    if path.is_dir():
+        return f"'{path}' is a folder"
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        return f"its folder '{parent}' does not exist"
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"'{parent}' is not writable"
+    return None
+
+
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every NaN / inf float replaced by None, so the JSON written is valid JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -94,8 +94,15 @@ def cmd_sample(args) -> int:
 
 def cmd_eval(args) -> int:
     import thunderdlm
-    from thunderdlm.checkpoint import atomic_write_text
+    from thunderdlm.checkpoint import atomic_write_text, finite_json, writable_problem
 
+    for flag in ("samples", "bleu"):
+        if getattr(args, flag) < 0:
+            raise ThunderError(f"--{flag} must be ≥ 0, got {getattr(args, flag)}")
+    out = Path(args.json) if args.json else Path(args.run) / "eval.json"
+    if writable_problem(out):   # fail before the long evaluation, not after it
+        raise ThunderError(f"cannot write the result to '{out}': {writable_problem(out)}; "
+                           "give a writable --json PATH")
     lm = thunderdlm.load(args.run, checkpoint=args.checkpoint, device=args.device, overrides=args.set)
     if args.bleu > 0 and args.bleu_context + args.bleu_span > lm.context:   # fail before the long evaluation
         raise ThunderError(f"--bleu-context {args.bleu_context} + --bleu-span {args.bleu_span} = "
@@ -120,8 +127,7 @@ def cmd_eval(args) -> int:
         res["spans"] = evaluate_spans(lm, args.bleu, mode=args.bleu_mode, context=args.bleu_context,
                                       span=args.bleu_span, steps=args.steps, seed=args.seed,
                                       data_dir=args.data)
-    out = Path(args.json) if args.json else Path(args.run) / "eval.json"
-    atomic_write_text(out, json.dumps(res, indent=1))
+    atomic_write_text(out, json.dumps(finite_json(res), indent=1, allow_nan=False))
     kind = "exact NLL" if res["exact"] else "NLL bound (NELBO)"
     print(f"validation {kind}: {res['nats_per_token']:.4f} ± {res['stderr']:.4f} nats/token, "
           f"{res['nats_per_char']:.4f} nats/char, {res['bits_per_char']:.4f} bits/char "
@@ -235,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="prepare corpora").add_subparsers(dest="data_command", required=True)
     prep = data.add_parser("prepare", help="tokenize a corpus into token bins + tokenizer")
     prep.add_argument("source", nargs="?", help="named corpus: shakespeare (default)")
-    prep.add_argument("--text", nargs="+", help="your own text files, folders or .jsonl files")
+    prep.add_argument("--text", nargs="+", help="your own text files, folders, .jsonl files or .json "
+                                                "files (an array of records)")
     prep.add_argument("--text-field", default="text", help="field holding the text in .jsonl (default: text)")
     prep.add_argument("--tokenizer", default="char", choices=["char", "bpe", "word", "hf"])
     prep.add_argument("--vocab-size", type=int, default=None, help="bpe/word vocabulary size")
@@ -365,6 +372,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:      # the machine said no: a read-only folder, a full disk, ulimit -f
+        if os.environ.get("THUNDERDLM_DEBUG") or e.strerror is None:
+            raise
+        where = f" '{e.filename}'" if e.filename else ""
+        print(f"error: {e.strerror}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # training handles its own Ctrl-C (it stops at a step boundary and saves)
+        if os.environ.get("THUNDERDLM_DEBUG"):
+            raise
+        print("\ninterrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

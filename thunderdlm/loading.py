@@ -49,6 +49,11 @@ def load_run(run: str | Path, checkpoint: str | None = None, device: str = "auto
     setup_runtime(threads=0)          # denormals only: the caller's thread count is its own
     run_dir = Path(run)
     cfg = read_run_config(run_dir, overrides)
+    if overrides:
+        trained = read_run_config(run_dir).data.seq_len
+        if cfg.data.seq_len > trained:
+            raise CheckpointError(f"config field 'data.seq_len': the run was trained on {trained}-token "
+                                  f"windows; it cannot be used on {cfg.data.seq_len} (a shorter one is fine)")
     tokenizer = RunFolder(run_dir).tokenizer()
     dev = resolve_device(device)
     process = build_process(cfg.process, tokenizer.vocab_size)

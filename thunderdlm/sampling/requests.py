@@ -3,9 +3,14 @@
 An infill template is text with spans to generate written as ``[MASK:N]`` (N tokens) or ``[MASK]``
 (one token), e.g. ``To be, or [MASK:12] the question``. Every other character is known text and is
 never changed by sampling.
+
+:func:`check_sample_args` checks every argument of a sampling call (types, ranges, finite numbers,
+the step and length caps) before any work, so the CLI, the API and the server fail the same way.
 """
 from __future__ import annotations
 
+import math
+import os
 import re
 from dataclasses import dataclass
 
@@ -15,6 +20,66 @@ from thunderdlm.errors import SamplingError
 
 MASK_SPAN = re.compile(r"\[MASK(?::(\d+))?\]")
 
+#: caps on one request, so an impossible one fails at once instead of running for hours
+#: (raise them with the environment variables of the same names)
+MAX_STEPS = int(os.environ.get("THUNDERDLM_MAX_STEPS", 10_000))
+MAX_NEW_TOKENS = int(os.environ.get("THUNDERDLM_MAX_NEW_TOKENS", 1_000_000))
+SEED_RANGE = (-2**63, 2**64 - 1)        # what torch.Generator.manual_seed accepts
+
+
+def _bad(name: str, message: str) -> SamplingError:
+    flag = "--" + name.replace("_", "-")
+    return SamplingError(f"sampling argument '{name}' ({flag}): {message}")
+
+
+def _int(name: str, value, lo: int, hi: int | None = None, cap: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(name, f"must be an integer, got {value!r} ({type(value).__name__})")
+    if value < lo or (hi is not None and value > hi):
+        bound = f"between {lo} and {hi:,}" if hi is not None else f"≥ {lo}"
+        raise _bad(name, f"must be {bound}, got {value}{cap if hi is not None and value > hi else ''}")
+
+
+def _float(name: str, value, lo: float, hi: float, lo_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(name, f"must be a number, got {value!r} ({type(value).__name__})")
+    low_ok = value > lo if lo_open else value >= lo
+    if not (math.isfinite(value) and low_ok and value <= hi):
+        raise _bad(name, f"must be a finite number in {'(' if lo_open else '['}{lo}, {hi}], got {value}")
+
+
+def _text(name: str, value) -> None:
+    if value is not None and not isinstance(value, str):
+        raise _bad(name, f"must be a string, got {value!r} ({type(value).__name__})")
+
+
+def check_sample_args(*, steps=64, n=1, length=None, max_new_tokens=None, seed=None, temperature=1.0,
+                      top_k=0, top_p=1.0, block_length=None, threshold=None, prompt=None,
+                      infill=None, stop=None) -> None:
+    """SamplingError naming the first bad argument (and its CLI flag); nothing else is done."""
+    _int("steps", steps, 1, MAX_STEPS, cap=" (the cap is THUNDERDLM_MAX_STEPS)")
+    _int("n", n, 1)
+    for name, value in (("length", length), ("block_length", block_length)):
+        if value is not None:
+            _int(name, value, 1)
+    if max_new_tokens is not None:
+        _int("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS,
+             cap=" (the cap is THUNDERDLM_MAX_NEW_TOKENS)")
+    if seed is not None:
+        _int("seed", seed, *SEED_RANGE)
+    _float("temperature", temperature, 0.0, 1e6)
+    _int("top_k", top_k, 0)
+    _float("top_p", top_p, 0.0, 1.0, lo_open=True)
+    if threshold is not None:
+        _float("threshold", threshold, 0.0, 1.0)
+    _text("prompt", prompt)
+    _text("infill", infill)
+    stops = [stop] if isinstance(stop, str) or stop is None else stop
+    if not isinstance(stops, (list, tuple)):
+        raise _bad("stop", f"must be a string or a list of strings, got {type(stop).__name__}")
+    for item in stops:
+        _text("stop", item)
+
 
 @dataclass
 class Request:
@@ -22,7 +87,7 @@ class Request:
     editable: torch.Tensor    # (n, L) bool: positions to generate
 
 
-def parse_template(template: str) -> list[tuple[str, int]]:
+def parse_template(template: str, context: int | None = None) -> list[tuple[str, int]]:
     """[(known text, 0) | ("", n_masks)] segments, in order."""
     parts, pos = [], 0
     for m in MASK_SPAN.finditer(template):
@@ -31,6 +96,9 @@ def parse_template(template: str) -> list[tuple[str, int]]:
         n = int(m.group(1)) if m.group(1) else 1
         if n < 1:
             raise SamplingError(f"infill span '{m.group(0)}' must ask for at least 1 token")
+        if context is not None and n > context:   # before any list of that size is built
+            raise SamplingError(f"infill span '{m.group(0)}' asks for more tokens than the model's "
+                                f"context ({context})")
         parts.append(("", n))
         pos = m.end()
     if pos < len(template):
@@ -50,15 +118,23 @@ def build_request(tokenizer, context: int, *, length: int | None = None, prompt:
         raise SamplingError(f"--n must be ≥ 1, got {n}")
     if infill is not None:
         ids, editable = [], []
-        for text, masks in parse_template(infill):
+        for text, masks in parse_template(infill, context):
             seg = tokenizer.encode(text) if text else [0] * masks
             ids += seg
             editable += [masks > 0] * len(seg)
     else:
-        length = context if length is None and not prompt else length
-        if length is None or length < 1:
-            raise SamplingError(f"--length must be ≥ 1 tokens to generate, got {length}")
         ids = tokenizer.encode(prompt) if prompt else []
+        if length is None:                      # the rest of the context after the prompt
+            length = context - len(ids)
+            if length < 1:
+                raise SamplingError(f"the prompt has {len(ids)} tokens and fills the model's context "
+                                    f"({context}); shorten it, or use --max-new-tokens to roll past it")
+        if length < 1:
+            raise SamplingError(f"--length must be ≥ 1 tokens to generate, got {length}")
+        if len(ids) + length > context:         # before any list of that size is built
+            raise SamplingError(f"the prompt ({len(ids)} tokens) + --length {length} needs "
+                                f"{len(ids) + length} tokens but the model's context is {context}; "
+                                "shorten the prompt or generate fewer tokens (or use --max-new-tokens)")
         editable = [False] * len(ids) + [True] * length
         ids = ids + [0] * length
     if len(ids) > context:
