@@ -63,13 +63,16 @@ class StopRequest:
     where the weights, optimiser, RNG and data position belong to the same step, so the checkpoint
     written then resumes bit-identically (a KeyboardInterrupt raised inside a step would leave the
     RNG and the data sampler one step ahead of the weights). A second SIGINT interrupts at once.
-    Only the main thread can install a signal handler; elsewhere SIGINT stays a KeyboardInterrupt."""
+    Only the main thread can install a signal handler; elsewhere SIGINT stays a KeyboardInterrupt
+    (and where SIGINT is ignored, it stays ignored)."""
 
     def __init__(self, note):
         self.requested, self._note, self._previous = False, note, None
 
     def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
+        # not where SIGINT is ignored (a background job of a script, nohup-like launchers)
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
