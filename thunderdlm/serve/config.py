@@ -26,7 +26,8 @@ class ServeConfig:
     max_prompts: int = 16              # prompts in one request (a list prompt)
     max_queue: int = 256               # waiting requests per model before 429
     max_batch_rows: int = 64           # rows decoded together in one sampling batch
-    batch_wait_ms: float = 5.0         # how long the first request of a batch waits for batch-mates
+    batch_wait_ms: float = 20.0        # how long a batch waits for batch-mates (after its first request
+                                       # arrived, and after the previous batch ended)
     device: str = "auto"
 
     def __post_init__(self):

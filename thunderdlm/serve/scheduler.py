@@ -2,8 +2,10 @@
 
 The worker takes the oldest job and every queued job with the same ``Job.key`` (same settings,
 same canvas layout, no seed) up to ``max_batch_rows`` rows, and decodes them in one sampling batch
-(``batch.run_batch``). When the queue was empty the first job waits ``batch_wait_ms`` for
-batch-mates; while a batch runs, new requests queue up and form the next one. Jobs cancelled while
+(``batch.run_batch``). A batch starts ``batch_wait_ms`` after its first job arrived and after the
+previous batch ended: the window lets concurrent requests meet, and lets the clients just answered
+send their next requests, so that clients in lock-step keep meeting in one batch instead of
+settling into two alternating half-size ones. While a batch runs, new requests queue up. Jobs cancelled while
 queued are dropped without running. ``submit`` refuses work past ``max_queue`` waiting jobs with
 ``QueueFull`` (answered 429 with Retry-After).
 """
@@ -35,6 +37,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._closed = False
         self._batch_seconds = 1.0                 # running mean, for Retry-After
+        self._last_end = 0.0                      # when the last batch finished (monotonic)
         self._thread = threading.Thread(target=self._loop, name=f"serve-{name}", daemon=True)
         self._thread.start()
 
@@ -70,7 +73,8 @@ class Scheduler:
                 self._cond.wait()
             if self._closed:
                 return None
-            delay = self._queue[0].enqueued + self.wait - time.monotonic()
+            start = max(self._queue[0].enqueued, self._last_end) + self.wait
+            delay = start - time.monotonic()
         if delay > 0:
             time.sleep(delay)                 # let concurrent requests arrive
         with self._cond:
@@ -105,6 +109,7 @@ class Scheduler:
                 for job in batch:
                     job.emit("error", e)
             seconds = time.perf_counter() - t0
+            self._last_end = time.monotonic()
             self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
             if self.on_batch is not None:
                 self.on_batch(self.name, sum(j.n for j in batch), seconds, error, tokens, nfe)
