@@ -168,9 +168,7 @@ def discrete_parts(p, table_fn):
         xt = torch.arange(V)[:, None]                                                  # every x_k
         logits = table_fn(k)[:, None, :]                                               # (V, 1, V)
         a_t, a_s = p.alpha(t), p.alpha(t - 1 / T)
-        at = a_t[:, None, None]
-        w = torch.softmax(logits.double(), -1) / (at * V * F.one_hot(xt, V) + 1 - at)  # D3PM: p̃/den
-        step = posterior(w, xt, a_t, a_s)[:, 0]                        # (V, V) p_θ(x_{k−1}|x_k)
+        step = reverse_table(p, logits[:, 0], k)                       # (V, V) p_θ(x_{k−1}|x_k)
         chain = chain @ step
         for x0 in range(V):
             q = a_t * (xt[:, 0] == x0).double() + (1 - a_t) / V
@@ -179,9 +177,79 @@ def discrete_parts(p, table_fn):
     return bounds + p.prior_kl, -chain.log()
 
 
-def test_discrete_bound_is_above_the_model_nll_for_every_x0():
+def transition_matrices(p, k):
+    """D3PM's matrices at step k (SPEC.md §9): Q_k[i, j] = q(x_k = j | x_{k−1} = i) and
+    Q̄_{k−1}[z, i] = q(x_{k−1} = i | x0 = z), from α by the uniform rule α·I + (1 − α)/V."""
+    T = p.cfg.steps
+    a_t, a_s = (float(p.alpha(torch.tensor(j / T, dtype=DTYPE))) for j in (k, k - 1))
+    eye, flat = torch.eye(V, dtype=DTYPE), torch.full((V, V), 1 / V, dtype=DTYPE)
+    a_ts = a_t / a_s
+    return a_ts * eye + (1 - a_ts) * flat, a_s * eye + (1 - a_s) * flat
+
+
+def reverse_table(p, logits, k):
+    """p_θ(x_{k−1} | x_k) for every x_k (rows) written straight from SPEC.md §9 with matrices:
+    d3pm:      ∝ Σ_z p̃(z|x_k) Q̄_{k−1}[z, x_{k−1}] Q_k[x_{k−1}, x_k]   (weights p̃(z)·q(x_k|z))
+    posterior: Σ_z p̃(z|x_k) q(x_{k−1} | x_k, z)                        (weights p̃(z))
+    logits (V, V): row = x_k, column = z."""
+    Q, Qbar = transition_matrices(p, k)
+    probs = torch.softmax(logits.double(), -1)                          # (x_k, z)
+    joint = Qbar[None, :, :] * Q.T[:, None, :]                          # [x_k, z, x_{k−1}] = q(x_{k−1}, x_k | z)
+    if p.cfg.parameterization == "d3pm":
+        mix = (probs[:, :, None] * joint).sum(1)
+    else:
+        mix = (probs[:, :, None] * joint / joint.sum(-1, keepdim=True)).sum(1)
+    return mix / mix.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("param", ["d3pm", "posterior"])
+def test_discrete_step_term_is_the_kl_to_the_spec_reverse_model(param):
+    """bound_terms at t = k/T is T·KL(q(x_{k−1}|x_k,x0) ‖ p_θ(x_{k−1}|x_k)) with p_θ built from
+    SPEC.md §9's matrices (every x_k, x0, k of a small case enumerated); the two
+    parameterisations differ on the same logits (except at k = T, where x_T carries no evidence)."""
+    T = 5
+    p = make(time="discrete", steps=T, schedule="d3pm_cosine", parameterization=param)
+    other = make(time="discrete", steps=T, schedule="d3pm_cosine",
+                 parameterization="posterior" if param == "d3pm" else "d3pm")
+    g = torch.Generator().manual_seed(11)
+    for k in range(1, T + 1):
+        Q, Qbar = transition_matrices(p, k)
+        logits = 2 * torch.randn(V, V, generator=g)                     # (x_k, z)
+        model = reverse_table(p, logits, k)
+        xt = torch.arange(V)[:, None]
+        t = torch.full((V,), k / T, dtype=DTYPE)
+        for x0 in range(V):
+            true = Qbar[x0][None, :] * Q.T                               # [x_k, x_{k−1}]
+            true = true / true.sum(-1, keepdim=True)
+            want = T * (true * (true.clamp_min(1e-300).log() - model.log())).sum(-1)
+            got = p.bound_terms(logits[:, None, :], xt, torch.full_like(xt, x0), t)[:, 0]
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+            alt = other.bound_terms(logits[:, None, :], xt, torch.full_like(xt, x0), t)[:, 0]
+            if k < T:                                # at k = T, α = 0: q(x_k|z) is flat, weights agree
+                assert (alt - got).abs().max() > 1e-3
+
+
+def test_d3pm_cosine_is_d3pms_betas_and_the_squared_one_has_its_own_name():
+    """SPEC.md §9: ᾱ(k) = cos((k/T + s)/(1 + s)·π/2), β_k = min(1 − ᾱ(k)/ᾱ(k−1), 0.999); the keep
+    probability is Π(1 − β_j). At k = T/2 of T = 1000: 0.703 (cos), 0.494 (cos², ``cosine_squared``)."""
+    T = 1000
+    k = np.arange(T + 1) / T
+    abar = np.cos((k + 0.008) / 1.008 * np.pi / 2)
+    betas = np.minimum(1 - abar[1:] / abar[:-1], 0.999)
+    keep = np.cumprod(1 - betas)                                        # keep[k−1] = α at step k
+    p = make(time="discrete", steps=T, schedule="d3pm_cosine")
+    ours = p.alpha(torch.arange(1, T + 1, dtype=DTYPE) / T).numpy()
+    np.testing.assert_allclose(ours[:-1], keep[:-1], rtol=1e-9, atol=1e-12)
+    assert abs(ours[-1]) < 1e-12 and keep[-1] < 1e-5                   # D3PM clips the last β at 0.999
+    assert float(p.alpha(torch.tensor(0.5, dtype=DTYPE))) == pytest.approx(0.703, abs=5e-4)
+    sq = make(time="discrete", steps=T, schedule="cosine_squared")
+    assert float(sq.alpha(torch.tensor(0.5, dtype=DTYPE))) == pytest.approx(0.494, abs=5e-4)
+
+
+@pytest.mark.parametrize("param", ["d3pm", "posterior"])
+def test_discrete_bound_is_above_the_model_nll_for_every_x0(param):
     """The discrete NELBO's exact expectation upper-bounds −log p_θ(x0) of the model's own chain."""
-    p = make(time="discrete", steps=6, schedule="d3pm_cosine")
+    p = make(time="discrete", steps=6, schedule="d3pm_cosine", parameterization=param)
     g = torch.Generator().manual_seed(4)
     tables = {k: 2 * torch.randn(V, V, generator=g) for k in range(1, 7)}
     bound, nll = discrete_parts(p, lambda k: tables[k])
@@ -189,15 +257,20 @@ def test_discrete_bound_is_above_the_model_nll_for_every_x0():
     assert (bound - nll).min() > 1e-4           # a random model is not the true reverse process
 
 
-def test_discrete_bound_is_tight_for_the_exact_posterior():
-    """p̃(z | x_k) = q(x0 = z | x_k) under an i.i.d. source: the model's chain is the true reverse
-    chain, so its NLL is −log π(x0) and the bound equals it (no gap)."""
+@pytest.mark.parametrize("param", ["d3pm", "posterior"])
+def test_discrete_bound_is_tight_for_the_exact_model(param):
+    """Under an i.i.d. source π the exact model of each parameterisation makes the model's chain the
+    true reverse chain, so its NLL is −log π(x0) and the bound equals it (no gap): posterior:
+    p̃(z | x_k) = q(x0 = z | x_k) ∝ π(z) q(x_k | z); d3pm: p̃ = π (the evidence q(x_k | z) is in the
+    weights already)."""
     pi, _ = source()
-    p = make(time="discrete", steps=6, schedule="d3pm_cosine")
+    p = make(time="discrete", steps=6, schedule="d3pm_cosine", parameterization=param)
 
     def exact(k):
         a = p.alpha(torch.tensor(k / 6, dtype=DTYPE))
         lik = a * torch.eye(V, dtype=DTYPE) + (1 - a) / V              # lik[u, z] = q(x_k = u | z)
+        if param == "d3pm":
+            lik = torch.ones_like(lik)
         return torch.log(lik * pi[None, :]).float()                     # logits over z for x_k = u
     bound, nll = discrete_parts(p, exact)
     torch.testing.assert_close(nll, -pi.log(), rtol=0, atol=1e-5)
@@ -253,7 +326,7 @@ def test_bound_through_the_model_matches_the_source_entropy(time):
     p = make(time=time, steps=200, schedule="loglinear" if time == "continuous" else "d3pm_cosine")
     x0 = torch.multinomial(pi, 4096 * 8, replacement=True,
                            generator=torch.Generator().manual_seed(7)).view(4096, 8)
-    model = Source(pi, posterior_of=p if time == "discrete" else None)
+    model = Source(pi, posterior_of=p if p.reads_posterior else None)
     est = torch.cat([p.nelbo(model, x0, torch.Generator().manual_seed(s)) for s in range(2)])
     emp = float(-(pi.log()[x0]).mean())                                # the sample's own −log π
     se = float(est.std()) / math.sqrt(est.numel())

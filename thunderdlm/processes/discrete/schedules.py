@@ -89,26 +89,44 @@ class Cosine(Schedule):
 
 
 class D3PMCosine(Schedule):
-    """Nichol & Dhariwal's cosine, D3PM's schedule for uniform noise: with f(t) = cos²(π/2·(t+s)/(1+s)),
-    s = 0.008, α_t = ε + (1 − ε) f(t)/f(0). Near t = 0 it is flatter than ``cosine`` (α ∝ cos², not cos)."""
+    """D3PM's cosine for uniform noise, as google-research ``d3pm`` codes it (SPEC.md §9): with
+    u(t) = π/2·(t + s)/(1 + s), s = 0.008, ᾱ(t) = cos u(t) — **not squared** — and the keep
+    probability α_t = ε + (1 − ε) ᾱ(t)/ᾱ(0) (D3PM's β_k = 1 − ᾱ(k)/ᾱ(k−1) multiply to ᾱ(k)/ᾱ(0)).
+    At t = 1/2: α ≈ 0.703 (the squared schedule: 0.494). D3PM clips β_k at 0.999, which only
+    touches its last step (ᾱ(1) = 0); with ε = 0 we keep α_1 = 0 so the uniform prior is exact.
+
+    cos u(t) is computed as sin v(t), v(t) = π/2·(1 − t)/(1 + s), so that α_1 is exactly ε."""
 
     name = "d3pm_cosine"
     OFFSET = 0.008
+    POWER = 1
 
     def _angle(self, t):
-        return 0.5 * math.pi * (t + self.OFFSET) / (1.0 + self.OFFSET)
+        return 0.5 * math.pi * (1.0 - t) / (1.0 + self.OFFSET)              # v(t) = π/2 − u(t)
 
     def alpha(self, t):
-        f0 = math.cos(0.5 * math.pi * self.OFFSET / (1.0 + self.OFFSET)) ** 2
-        return self.eps + (1.0 - self.eps) * torch.cos(self._angle(t)) ** 2 / f0
+        f0 = math.sin(0.5 * math.pi / (1.0 + self.OFFSET)) ** self.POWER
+        return self.eps + (1.0 - self.eps) * torch.sin(self._angle(t)) ** self.POWER / f0
 
     def dalpha(self, t):
-        f0 = math.cos(0.5 * math.pi * self.OFFSET / (1.0 + self.OFFSET)) ** 2
-        # d/dt cos²(u) = −sin(2u)·du/dt, du/dt = π/(2(1+s))
-        return -(1.0 - self.eps) * torch.sin(2.0 * self._angle(t)) * 0.5 * math.pi / (1.0 + self.OFFSET) / f0
+        f0 = math.sin(0.5 * math.pi / (1.0 + self.OFFSET)) ** self.POWER
+        v = self._angle(t)
+        # d/dt sinⁿ(v) = n sinⁿ⁻¹(v) cos(v)·dv/dt, dv/dt = −π/(2(1+s))
+        dv = -0.5 * math.pi / (1.0 + self.OFFSET)
+        return (1.0 - self.eps) * self.POWER * torch.sin(v) ** (self.POWER - 1) * torch.cos(v) * dv / f0
 
 
-SCHEDULES: dict[str, type[Schedule]] = {"loglinear": LogLinear, "cosine": Cosine, "d3pm_cosine": D3PMCosine}
+class CosineSquared(D3PMCosine):
+    """Nichol & Dhariwal's (improved DDPM) cosine: f(t) = cos²(π/2·(t+s)/(1+s)), s = 0.008,
+    α_t = ε + (1 − ε) f(t)/f(0) — the square of ``d3pm_cosine``'s shape: at t = 1/2, α ≈ 0.494.
+    (Before issue 19 this schedule was registered, wrongly, as ``d3pm_cosine``.)"""
+
+    name = "cosine_squared"
+    POWER = 2
+
+
+SCHEDULES: dict[str, type[Schedule]] = {"loglinear": LogLinear, "cosine": Cosine, "d3pm_cosine": D3PMCosine,
+                                         "cosine_squared": CosineSquared}
 
 
 class Geometric(Schedule):

@@ -38,17 +38,27 @@ Two time modes in one config (``process.time``):
   model's; it equals DUO's ``nll_per_token`` (term1 − term2) term by term (tested), written as a
   Bregman divergence so that it is visibly ≥ 0 and stable in float64. The optimal x_θ is
   p(x0^i | x_t^{−i}): the evidence of the token x_t^i itself enters through den, not through x_θ.
-* ``discrete`` — D3PM-uniform with T steps at t_k = k/T. D3PM's x0-parameterisation mixes the
-  one-hot posteriors by the network's estimate p̃_θ(z | x_k) of p(x0 | x_k):
-  p_θ(x_{k−1} | x_k) = Σ_z p̃_θ(z | x_k) q(x_{k−1} | x_k, z) (the formula above with w = p̃/den).
-  The exact discrete-time NELBO
+* ``discrete`` — D3PM-uniform with T steps at t_k = k/T. The reverse model mixes the one-hot
+  posteriors q(x_{k−1} | x_k, z) over candidate clean tokens z; ``process.parameterization`` picks
+  the mixture weights (SPEC.md §9):
+
+      d3pm       p_θ(x_{k−1} | x_k) ∝ Σ_z p̃_θ(z | x_k) q(x_{k−1}, x_k | z)        (Austin et al. eq. 4)
+                 weights ∝ p̃(z)·q(x_k | z): the formula above with w = p̃ (google-research
+                 ``q_posterior_logits(x_start=probs, x_t)``, fact1·fact2). Exact when p̃ is the
+                 x0-distribution *before* seeing x_k's own token (like UDLM's x_θ).
+      posterior  p_θ(x_{k−1} | x_k) = Σ_z p̃_θ(z | x_k) q(x_{k−1} | x_k, z)
+                 weights p̃(z): w = p̃/den. Exact when p̃ is the posterior p(x0 | x_k) — what
+                 cross-entropy on x0 (``loss: ce``) trains p̃ to be.
+
+  Both are valid reverse models and the NELBO below is a bound for either; on the same logits
+  they differ (the d3pm weights count the evidence q(x_k | z) once more). The exact discrete-time NELBO
 
       NELBO = KL(q(x_T|x0) ‖ U) + Σ_{k=2}^T E KL(q(x_{k−1}|x_k,x0) ‖ p_θ(x_{k−1}|x_k)) + E[−log p_θ(x0|x_1)]
 
   is estimated with one k ~ U{1..T} per sequence as T·L_k; L_1, the reconstruction term, is the
-  same KL at α_0 = 1 (q(x_0 | x_1, x0) is one-hot). Because p̃ estimates the posterior of x0,
-  cross-entropy on x0 is a consistent training loss here (``loss: ce``, note 002's corrected
-  objective; ``hybrid`` = NELBO + λ·CE, D3PM's L_λ).
+  same KL at α_0 = 1 (q(x_0 | x_1, x0) is one-hot). Cross-entropy on x0 (``loss: ce``, note 002's
+  corrected objective) trains p̃ towards p(x0 | x_k), which is consistent with the ``posterior``
+  weights; ``hybrid`` = NELBO + λ·CE is D3PM's L_λ.
 
 Sampling (``step``): ancestral, x_s ~ p_θ(x_s | x_t) with the network's logits filtered by
 top-k / top-p and divided by the temperature; the last step (s = 0, α_s = 1) draws clean tokens,
@@ -76,6 +86,7 @@ from thunderdlm.categorical import draw_tokens, filter_logits, sample_categorica
 
 TIME_MODES = ("continuous", "discrete")
 LOSSES = ("nelbo", "ce", "hybrid")
+PARAMETERIZATIONS = ("d3pm", "posterior")
 
 
 @dataclass
@@ -87,7 +98,8 @@ class UniformConfig(ProcessConfig):
     steps: int = param(1000, help="discrete time only: number of diffusion steps T (note 002, D3PM: 1000)")
     schedule: str = param("loglinear", choices=tuple(SCHEDULES),
                           help="keep probability α_t (discrete: α at t_k = k/T); d3pm_cosine is D3PM's "
-                               "cosine for uniform noise, loglinear UDLM's")
+                               "cosine for uniform noise (cos), cosine_squared Nichol & Dhariwal's "
+                               "(cos²), loglinear UDLM's")
     eps: float = param(0.0, help="α_1 = eps; 0 makes the uniform prior exact (UDLM/DUO use 1e-3; the "
                                  "bound then includes KL(q(x_1|x0) ‖ U))")
     sampling_eps: float = param(1e-3, help="continuous time: training draws t in [sampling_eps, 1] (the "
@@ -98,6 +110,11 @@ class UniformConfig(ProcessConfig):
                            "position (note 002 with the corrected target; discrete time only); "
                            "hybrid = nelbo + ce_weight·ce (D3PM's L_λ; discrete time only)")
     ce_weight: float = param(0.01, help="hybrid loss: weight λ of the cross-entropy term")
+    parameterization: str = param(
+        "posterior", choices=PARAMETERIZATIONS,
+        help="discrete time only: the reverse model's mixture of one-hot posteriors q(x_{k−1}|x_k,z). "
+             "d3pm = D3PM's (Austin et al. eq. 4), weights p̃(z)·q(x_k|z); posterior = weights p̃(z), "
+             "p̃ read as p(x0|x_k) (what loss=ce trains)")
 
     def __post_init__(self):
         check(self.steps >= 1, "process.steps", f"must be ≥ 1, got {self.steps}")
@@ -205,7 +222,7 @@ class UniformProcess(Process):
         k = torch.round(t.double() * self.cfg.steps)                                      # (B,) in 1..T
         a_s = self.alpha((k - 1) / self.cfg.steps)                                        # α_0 = 1
         q = posterior(F.one_hot(x0, self.vocab_size).double(), xt, a_t, a_s)
-        p = posterior(logp.exp() / likelihood_den(xt, a_t, self.vocab_size), xt, a_t, a_s)
+        p = posterior(self._mixture_weights(logits, xt, a_t), xt, a_t, a_s)
         return self.cfg.steps * categorical_kl(q, p)
 
     def nelbo_at(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor,
@@ -248,14 +265,22 @@ class UniformProcess(Process):
             return t
         return max(round(t * self.cfg.steps), 1) / self.cfg.steps
 
+    @property
+    def reads_posterior(self) -> bool:
+        """True when the network's softmax is read as p(x0 | x_t) itself (discrete ``posterior``);
+        False when it is read before the evidence of x_t's own token (UDLM's x_θ, D3PM's p̃)."""
+        return self.discrete and self.cfg.parameterization == "posterior"
+
     def _mixture_weights(self, logits: torch.Tensor, x: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
-        """w of p_θ(x_s|x_t) = q(x_s | x_t, w): x_θ (UDLM) or p̃/den (D3PM). logits (B, L, V)."""
+        """w of p_θ(x_s|x_t) = q(x_s | x_t, w), (B, L, V) float64 from logits (B, L, V): the softmax
+        itself (UDLM, D3PM: mixture weights ∝ p̃(z)·den(z)) or p̃/den (``posterior``: weights p̃(z))."""
         probs = torch.softmax(logits.double(), dim=-1)
-        return probs / likelihood_den(x, a_t, self.vocab_size) if self.discrete else probs
+        return probs / likelihood_den(x, a_t, self.vocab_size) if self.reads_posterior else probs
 
     def x0_logits(self, logits: torch.Tensor, x: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
-        """The model's log p(x0 | x_t) up to a constant: p̃ (D3PM) or x_θ·den (UDLM's Bayes step)."""
-        if self.discrete:
+        """The model's log p(x0 | x_t) up to a constant: p̃ (``posterior``) or p̃·den (UDLM's and
+        D3PM's Bayes step with the token's own evidence)."""
+        if self.reads_posterior:
             return logits
         return logits + torch.log(likelihood_den(x, a_t, self.vocab_size, logits.dtype))
 
