@@ -153,12 +153,11 @@ class BlockDiffusionProcess(MaskedProcess):
         return plans[key]
 
     def block_times(self, B: int, nb: int, device: torch.device, lo: float, hi: float,
-                    generator: torch.Generator | None = None, permute: bool = False) -> torch.Tensor:
-        """(B, nb) times in (lo, hi], one stratum of the B·nb draws each (BD3-LM); ``permute``
-        assigns the strata to (row, block) cells by a fresh permutation (unbiased per window)."""
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, nb) times in (lo, hi], one stratum of the B·nb draws each (BD3-LM), the strata
+        assigned to (row, block) cells by a fresh permutation (``stratified_times``: unbiased per
+        window and per block)."""
         u = stratified_times(B * nb, device, generator, self.cfg.stratified)     # (B·nb,)
-        if permute:
-            u = u[torch.randperm(B * nb, device=device, generator=generator)]
         return (lo + (hi - lo) * u).view(B, nb)
 
     def loss(self, model: nn.Module, x0: torch.Tensor) -> LossOutput:
@@ -170,8 +169,7 @@ class BlockDiffusionProcess(MaskedProcess):
     def nelbo(self, model: nn.Module, x0: torch.Tensor,
               generator: torch.Generator | None = None) -> torch.Tensor:
         # the whole interval (0, 1]: an unbiased estimate of the exact NELBO
-        t = self.block_times(x0.shape[0], self._blocks(x0), x0.device, 0.0, 1.0, generator,
-                             permute=True)
+        t = self.block_times(x0.shape[0], self._blocks(x0), x0.device, 0.0, 1.0, generator)
         return self.block_nelbo_at(model, x0, t, generator)[0]
 
     @torch.no_grad()

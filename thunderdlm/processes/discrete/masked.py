@@ -66,10 +66,19 @@ class MaskedConfig(ProcessConfig):
 
 def stratified_times(n: int, device: torch.device, generator: torch.Generator | None,
                      stratified: bool = True) -> torch.Tensor:
-    """n draws in (0, 1]; when stratified, exactly one in each interval ((i)/n, (i+1)/n]."""
+    """n draws in (0, 1]; when stratified, exactly one in each interval (i/n, (i+1)/n], the strata
+    assigned to the n rows by a fresh random permutation on every call.
+
+    The permutation is what makes each row's estimate unbiased on its own: row r's time is then
+    uniform on (0, 1] (it lands in each stratum with probability 1/n), whereas tying stratum r to
+    row r gives row 0 only t ≤ 1/n — a per-window bias, and a corpus figure that depends on the
+    order of the batch (issue 19). The batch as a whole keeps one draw per stratum (the variance
+    reduction of MDLM's 'antithetic' sampling). Every process that draws one t per row (masked,
+    block, uniform, score-entropy, embedding) takes its times from here."""
     u = 1.0 - torch.rand(n, device=device, generator=generator)      # (0, 1]
     if stratified:
-        u = (torch.arange(n, device=device) + u) / n
+        u = (torch.arange(n, device=device) + u) / n                 # (n,) one per stratum
+        u = u[torch.randperm(n, device=device, generator=generator)]
     return u
 
 
