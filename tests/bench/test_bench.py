@@ -329,7 +329,9 @@ def test_speed_quality_suite_writes_the_frontier_for_every_method(tmp_path, data
                    ("block4", "1 token/call", 1), ("block4", "1 token/call", 2),
                    ("masked", "τ=0.5, blocks of 4", 1), ("masked", "τ=0.5, blocks of 4", 2),
                    ("masked", "τ=0.5, blocks of 4, prefix cache", 1),
-                   ("masked", "τ=0.5, blocks of 4, prefix cache", 2)}
+                   ("masked", "τ=0.5, blocks of 4, prefix cache", 2),
+                   ("masked", "τ=0.5, blocks of 4, dual cache", 1),
+                   ("masked", "τ=0.5, blocks of 4, dual cache", 2)}
     for r in rows:
         if "batch" in r:
             assert r["tokens_per_s"] > 0 and r["new_tokens"] == 8
@@ -355,7 +357,7 @@ def test_masked_runs_take_their_own_thresholds():
 
     s = FrontierSettings(n=1, thresholds=[0.1, 0.9], masked_thresholds=[0.5])
     masked = [r.get("threshold") for r in settings("masked", s)]
-    assert masked == [0.5, 0.5]                    # τ = 0.5, and the prefix cache at the strictest
+    assert masked == [0.5, 0.5, 0.5]               # τ = 0.5, then the prefix and dual caches
     assert [r.get("threshold") for r in settings("block", s)] == [0.1, 0.9, None]
     both = FrontierSettings(n=1, thresholds=[0.1, 0.9])
-    assert [r.get("threshold") for r in settings("masked", both)] == [0.1, 0.9, 0.9]
+    assert [r.get("threshold") for r in settings("masked", both)] == [0.1, 0.9, 0.9, 0.9]

@@ -101,6 +101,28 @@ def test_chunked_cached_forwards_equal_the_full_forward(folders, family, variant
         assert cache.length == L and cache.batch_size == B
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2"])
+def test_a_dropped_middle_is_refed_at_its_positions_exactly(folders, family):
+    """Fast-dLLM's DualCache: all keys from one bidirectional forward, the middle block dropped,
+    then the block fed alone at its own positions equals the full forward's block."""
+    folder, vocab = folders[family]
+    model = adapter(folder, vocab)
+    x = torch.randint(0, vocab + 1, (B, L), generator=torch.Generator().manual_seed(4))
+    full = torch.ones(L, L, dtype=torch.bool)
+    with torch.no_grad():
+        ref = model(x, attn_mask=full)[:, 6:10]
+        cache = model.new_kv_cache()
+        model(x, kv_cache=cache, attn_mask=full)
+        cache.drop(6, 10)
+        assert cache.length == L - 4
+        out = model(x[:, 6:10], kv_cache=cache, attn_mask=torch.ones(4, L, dtype=torch.bool),
+                    positions=torch.arange(6, 10))
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+        assert cache.length == L
+        with pytest.raises(ValueError, match="cannot drop"):
+            cache.drop(3, L + 1)
+
+
 def test_explicit_positions_after_the_cache_are_honoured(folders):
     folder, vocab = folders["llama"]
     model = adapter(folder, vocab)

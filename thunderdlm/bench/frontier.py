@@ -16,8 +16,8 @@ Decoding settings follow the process: AR one token per call with its KV cache; b
 with Fast-dLLM's confidence threshold τ for each of ``thresholds`` and with one token per call
 (low-confidence, steps = tokens); plain masked diffusion with τ inside ``masked_block``-token
 blocks (Fast-dLLM on a bidirectional model), and once more at the strictest τ with Fast-dLLM's
-approximate prefix cache (``process.prefix_cache``); anything else one token per call. Every
-setting samples at the same temperature.
+approximate prefix and dual caches (``process.prefix_cache``, ``process.dual_cache``); anything
+else one token per call. Every setting samples at the same temperature.
 """
 from __future__ import annotations
 
@@ -56,9 +56,10 @@ def settings(process_name: str, s: FrontierSettings) -> list[dict]:
         rows = [{"label": f"τ={tau}, blocks of {s.masked_block}", "threshold": tau,
                  "remasking": "low_confidence", "block_length": s.masked_block} for tau in taus]
         tau = max(taus)              # Fast-dLLM's approximate prefix cache at the strictest τ
-        return rows + [{"label": f"τ={tau}, blocks of {s.masked_block}, prefix cache",
+        return rows + [{"label": f"τ={tau}, blocks of {s.masked_block}, {name} cache",
                         "threshold": tau, "remasking": "low_confidence",
-                        "block_length": s.masked_block, "overrides": ["process.prefix_cache=true"]}]
+                        "block_length": s.masked_block, "overrides": [f"process.{name}_cache=true"]}
+                       for name in ("prefix", "dual")]
     return [{"label": "1 token/call"}]
 
 

@@ -72,6 +72,23 @@ class HFKVCache:
         if length < self.length:
             self.dynamic.crop(length - self.length)       # negative: the positions to drop
 
+    def drop(self, lo: int, hi: int) -> None:
+        """Remove positions lo..hi−1 (see ``KVCache.drop``: keys keep their positions)."""
+        if not 0 <= lo <= hi <= self.length:
+            raise ValueError(f"cannot drop positions {lo}..{hi - 1} of an HFKVCache of length {self.length}")
+        if hi == lo:
+            return
+        keep = lambda t: torch.cat([t[:, :, :lo], t[:, :, hi:]], dim=2)   # noqa: E731  (B, H, T, Dh)
+        layers = getattr(self.dynamic, "layers", None)
+        if layers:                                        # transformers >= 4.56: per-layer objects
+            for layer in layers:
+                layer.keys, layer.values = keep(layer.keys), keep(layer.values)
+        else:                                             # older: lists of tensors
+            self.dynamic.key_cache = [keep(t) for t in self.dynamic.key_cache]
+            self.dynamic.value_cache = [keep(t) for t in self.dynamic.value_cache]
+            if hasattr(self.dynamic, "_seen_tokens"):
+                self.dynamic._seen_tokens -= hi - lo
+
     def __repr__(self) -> str:
         return (f"HFKVCache(n_layer={self.n_layer}, length={self.length}, max_len={self.max_len}, "
                 f"batch_size={self.batch_size})")

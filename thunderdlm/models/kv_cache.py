@@ -91,6 +91,24 @@ class KVCache:
             raise ValueError(f"cannot crop a KVCache of length {self.length} to {length}")
         self.length = length
 
+    def drop(self, lo: int, hi: int) -> None:
+        """Remove positions lo..hi−1; the later ones move down by hi − lo (length shrinks by it).
+
+        Keys keep the positions they were computed at (rotary angles, learned position
+        embeddings are baked in), so a compacted cache still reads as the original positions, and
+        attention does not depend on the order of its keys. New tokens fed after it must then be
+        given their own ``positions`` (Fast-dLLM's DualCache: the prefix and the suffix of a block
+        cached, the block fed at its own positions)."""
+        if not 0 <= lo <= hi <= self.length:
+            raise ValueError(f"cannot drop positions {lo}..{hi - 1} of a KVCache of length {self.length}")
+        n = hi - lo
+        if n:
+            for store in (self.keys, self.values):
+                for t in store:
+                    if t is not None:          # clone: source and destination overlap
+                        t[:, :, lo:self.length - n] = t[:, :, hi:self.length].clone()
+            self.length -= n
+
     def reset(self) -> None:
         """Forget every position and the buffers (the next write may use another batch size)."""
         self.length = 0

@@ -83,9 +83,10 @@ class BlockConfig(MaskedConfig):
               f"must lie in [sampling_eps={self.sampling_eps}, 1], got {self.sampling_eps_max}")
         check(self.loss_estimator == "nelbo", "process.loss_estimator",
               "block diffusion trains on the NELBO itself ('nelbo')")
-        check(not self.prefix_cache, "process.prefix_cache",
-              "block diffusion has an exact cache (process.kv_cache); the approximate prefix cache "
-              "is for the plain masked process")
+        for name in ("prefix_cache", "dual_cache"):
+            check(not getattr(self, name), f"process.{name}",
+                  "block diffusion has an exact cache (process.kv_cache); the approximate prefix "
+                  "and dual caches are for the plain masked process")
 
 
 class BlockDiffusionProcess(MaskedProcess):

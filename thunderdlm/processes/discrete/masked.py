@@ -57,6 +57,11 @@ class MaskedConfig(ProcessConfig):
                     "values of the text before the block are computed at the block's first step and "
                     "reused while it is denoised (APPROXIMATE: in a bidirectional model they depend "
                     "on the block's changing tokens; backbones with a KV cache)")
+    dual_cache: bool = param(
+        False, help="sampling with semi-autoregressive blocks: Fast-dLLM's DualCache — keys and "
+                    "values of the text before AND after the block (the still-masked suffix) are "
+                    "computed at the block's first step and reused, so a step feeds only the block "
+                    "(APPROXIMATE, like prefix_cache; backbones with a KV cache)")
 
     def __post_init__(self):
         check(0.0 <= self.eps < 1.0, "process.eps", f"must be in [0, 1), got {self.eps}")
@@ -186,7 +191,10 @@ class MaskedProcess(Process):
         ``prefix_cache`` a forward of x[:, lo:] against the prefix's keys and values as they were
         at the block's first step (Fast-dLLM's PrefixCache; ``ctx.cache`` is cleared per block)."""
         sigma = self.conditioning(torch.full((x.shape[0],), t, device=x.device))
-        if not (self.cfg.prefix_cache and lo > 0 and getattr(model, "supports_kv_cache", False)):
+        cached = getattr(model, "supports_kv_cache", False)
+        if self.cfg.dual_cache and cached and (lo > 0 or hi < x.shape[1]):
+            return self._dual_cache_logits(model, x, lo, hi, sigma, ctx)
+        if not (self.cfg.prefix_cache and lo > 0 and cached):
             return model(x, sigma)[:, lo:hi]
         L = x.shape[1]
         cache = ctx.cache.get("prefix_kv")
@@ -201,6 +209,30 @@ class MaskedProcess(Process):
         full = torch.ones(n, L, dtype=torch.bool, device=x.device)
         out = model(x[:, lo:], sigma, kv_cache=cache, attn_mask=full)[:, :hi - lo]
         cache.crop(lo)
+        return out
+
+    def _dual_cache_logits(self, model: nn.Module, x: torch.Tensor, lo: int, hi: int,
+                           sigma: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """Fast-dLLM's DualCache: at the block's first step one exact bidirectional forward of
+        every position stores all keys and values; the block's are dropped, leaving the prefix
+        [0, lo) and the suffix [hi, L) compacted in the cache (their keys keep their positions).
+        Later steps feed only x[:, lo:hi] at positions lo..hi−1, attending to the cached prefix,
+        the cached suffix and the block itself; what they append is cropped off again. Exact at
+        the first step and whenever the block is unchanged since; otherwise approximate (the
+        cached keys saw the block as it was)."""
+        L, n = x.shape[1], hi - lo
+        cache = ctx.cache.get("dual_kv")
+        if cache is None or ctx.cache.get("dual_span") != (lo, hi):
+            cache = model.new_kv_cache()
+            full = torch.ones(L, L, dtype=torch.bool, device=x.device)
+            out = model(x, sigma, kv_cache=cache, attn_mask=full)[:, lo:hi]   # (B, n, V+1)
+            cache.drop(lo, hi)                                                # L − n positions
+            ctx.cache["dual_kv"], ctx.cache["dual_span"] = cache, (lo, hi)
+            return out
+        full = torch.ones(n, L, dtype=torch.bool, device=x.device)            # (n, L − n + n)
+        pos = torch.arange(lo, hi, device=x.device)
+        out = model(x[:, lo:hi], sigma, kv_cache=cache, attn_mask=full, positions=pos)
+        cache.crop(L - n)
         return out
 
     def _predict(self, model: nn.Module, x: torch.Tensor, t: float, ctx: StepContext,
