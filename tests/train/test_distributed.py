@@ -61,6 +61,29 @@ def test_two_process_ddp_other_processes_and_the_hf_adapter(variant, tiny_data, 
     _check_ddp_worker(tiny_data, tmp_path, DDP_VARIANTS[variant](tiny_hf))
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_ctrl_c_under_ddp_stops_every_rank_at_one_step_and_resumes_exactly(tiny_data, tmp_path):
+    worker = Path(__file__).with_name("ddp_interrupt_worker.py")
+    env = {**os.environ, "THUNDERDLM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+    def torchrun(run, mode):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(worker), str(tiny_data), str(run), mode]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def losses(run):
+        rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in rows if "loss" in r}
+    torchrun(tmp_path / "ref", "ref")
+    torchrun(tmp_path / "c", "interrupt")
+    assert {(tmp_path / "c" / f"stopped{r}.txt").read_text() for r in (0, 1)} == {"interrupt 4"}
+    assert (tmp_path / "c" / "checkpoints" / "step_00000004" / "rng_rank1.safetensors").exists()
+    torchrun(tmp_path / "c", "resume")
+    assert losses(tmp_path / "ref") == losses(tmp_path / "c")
+
+
 def _check_ddp_worker(data_dir, out, sections: dict | None = None) -> None:
     """2 DDP ranks train a few steps (ddp_worker.py): the same weights, different batches."""
     worker = Path(__file__).with_name("ddp_worker.py")

@@ -3,6 +3,7 @@ overrides checked before config.json changes, checksummed checkpoints, damaged f
 import json
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -13,18 +14,22 @@ from thunderdlm.errors import CheckpointError, ConfigError, TokenizerError
 from thunderdlm.run_config import RunConfig
 from thunderdlm.runfolder import RunFolder
 from thunderdlm.train import Trainer, resume
+from thunderdlm.train.trainer import StopRequest
 
 from .test_trainer import losses, run_until_killed
 
 
-def sigint_during_step(trainer, step, times=1):
-    """Send real SIGINTs to this process from inside the loss of ``step`` (mid-step)."""
+def sigint_during_step(trainer, step, times=1, apart=0.0):
+    """Send real SIGINTs to this process from inside the loss of ``step`` (mid-step), ``apart``
+    seconds apart."""
     real = trainer.process.loss
 
     def loss(model, x0):
         out = real(model, x0)
         if trainer.step == step:
-            for _ in range(times):
+            for i in range(times):
+                if i:
+                    time.sleep(apart)
                 os.kill(os.getpid(), signal.SIGINT)
         return out
     trainer.process.loss = loss
@@ -49,13 +54,20 @@ def test_second_ctrl_c_stops_at_once_without_an_inexact_checkpoint(tiny_config, 
     cfg = tiny_config(max_steps=12, ckpt_interval=5)
     Trainer(cfg, tmp_path / "ref", show=False).fit()
     trainer = Trainer(cfg, tmp_path / "c", show=False)
-    sigint_during_step(trainer, step=7, times=2)
+    sigint_during_step(trainer, step=7, times=2, apart=StopRequest.REPEAT_S + 0.1)
     summary = trainer.fit()
     assert summary.stopped_by == "interrupt" and summary.step == 7
     assert ck.read_state(ck.latest_checkpoint(tmp_path / "c"))["step"] == 5   # the boundary one
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler       # handler restored
     resume(tmp_path / "c", show=False)
     assert losses(tmp_path / "ref") == losses(tmp_path / "c")
+
+
+def test_a_repeated_signal_within_the_window_is_the_same_ctrl_c(tiny_config, tmp_path):
+    trainer = Trainer(tiny_config(max_steps=12, ckpt_interval=5), tmp_path / "c", show=False)
+    sigint_during_step(trainer, step=7, times=2)     # the terminal's SIGINT and torchrun's forward
+    assert trainer.fit().step == 8
+    assert ck.read_state(ck.latest_checkpoint(tmp_path / "c"))["step"] == 8
 
 
 def test_one_training_per_run_folder(tiny_config, tmp_path):

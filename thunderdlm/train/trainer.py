@@ -62,12 +62,15 @@ class StopRequest:
     """Ctrl-C during training: the first SIGINT asks the loop to stop at the next step boundary,
     where the weights, optimiser, RNG and data position belong to the same step, so the checkpoint
     written then resumes bit-identically (a KeyboardInterrupt raised inside a step would leave the
-    RNG and the data sampler one step ahead of the weights). A second SIGINT interrupts at once.
-    Only the main thread can install a signal handler; elsewhere SIGINT stays a KeyboardInterrupt
+    RNG and the data sampler one step ahead of the weights). A second SIGINT interrupts at once;
+    one within ``REPEAT_S`` of the first is the same Ctrl-C (under torchrun the terminal signals every
+    rank and the agent then forwards its own SIGINT to them). Only the main thread can install a signal handler; elsewhere SIGINT stays a KeyboardInterrupt
     (and where SIGINT is ignored, it stays ignored)."""
 
+    REPEAT_S = 2.0
+
     def __init__(self, note):
-        self.requested, self._note, self._previous = False, note, None
+        self.requested, self._note, self._previous, self._first = False, note, None, 0.0
 
     def __enter__(self) -> "StopRequest":
         # not where SIGINT is ignored (a background job of a script, nohup-like launchers)
@@ -78,8 +81,10 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            if time.monotonic() - self._first > self.REPEAT_S:
+                raise KeyboardInterrupt
+            return
+        self.requested, self._first = True, time.monotonic()
         self._note("Ctrl-C: stopping after this step and saving a checkpoint "
                    "(Ctrl-C again to stop at once, without one)")
 
