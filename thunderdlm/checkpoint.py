@@ -37,6 +37,7 @@ from thunderdlm.errors import CheckpointError
 
 CKPT_DIR = "checkpoints"
 CHECKSUMS = "checksums.json"
+WEIGHT_FILES = ("model.safetensors", "ema.safetensors")
 
 
 def writable_problem(path: Path) -> str | None:
@@ -245,7 +246,10 @@ def checkpoint_problem(ckpt: Path) -> str | None:
                 size = f.tell()
             if header <= 0 or 8 + header > size:
                 return f"'{path}' is truncated"
-            load_file(str(path))
+            tensors = load_file(str(path))
+            if path.name in WEIGHT_FILES and not all(torch.isfinite(t).all() for t in tensors.values()
+                                                     if t.is_floating_point()):
+                return f"'{path}' holds NaN or infinite weights (corrupt)"
         except (SafetensorError, OSError, ValueError) as e:
             return f"'{path}' is truncated or corrupt ({e})"
     try:

@@ -145,6 +145,33 @@ def test_flipped_bytes_fail_the_checksum_and_fall_back(tiny_config, tmp_path):
         thunderdlm.load(tmp_path / "r", checkpoint="step_00000010")
 
 
+def test_non_finite_weights_without_a_checksum_fall_back(tiny_config, tmp_path):
+    from safetensors.torch import save_file
+    Trainer(tiny_config(max_steps=10, ckpt_interval=5), tmp_path / "r", show=False).fit()
+    newest = ck.latest_checkpoint(tmp_path / "r")
+    weights = ck.load_tensors(newest / "model.safetensors")
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name] = weights[name].clone().fill_(float("nan"))
+    save_file(weights, str(newest / "model.safetensors"))
+    (newest / ck.CHECKSUMS).unlink()                        # a checkpoint written before checksums
+    assert "NaN" in ck.checkpoint_problem(newest)
+    assert thunderdlm.load(tmp_path / "r").checkpoint.name == "step_00000005"
+
+
+def test_the_non_finite_loss_message_names_a_checkpoint_that_exists(tiny_config, tmp_path):
+    from thunderdlm.errors import TrainingError
+    trainer = Trainer(tiny_config(max_steps=10, ckpt_interval=5, max_bad_steps=0), tmp_path / "r", show=False)
+    real = trainer.process.loss
+
+    def poisoned(model, x0):
+        out = real(model, x0)
+        out.loss = out.loss * float("nan")
+        return out
+    trainer.process.loss = poisoned
+    with pytest.raises(TrainingError, match="max_bad_steps=0.*no checkpoint was written yet"):
+        trainer.fit()
+
+
 def test_damaged_run_files_are_named(tiny_config, tmp_path):
     Trainer(tiny_config(max_steps=10, ckpt_interval=5), tmp_path / "r", show=False).fit()
     metrics = tmp_path / "r" / "metrics.jsonl"
