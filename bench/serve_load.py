@@ -9,7 +9,8 @@ and, after a warm-up, sends
   fraction`` (5 %) streams the client drops after their first events, and the rest well-formed
   completions with one setting (half streamed, half not);
 - the batching check: ``--sweep-requests`` identical completions at 1, 4 and 16 concurrent clients,
-  completion tokens per second at each (target: 16 clients ≥ 4× one).
+  completion tokens per second at each (target: 16 clients ≥ 4× one); and, once the server has
+  stopped, the ceiling batching can reach: ``DiffusionLM.sample`` on 1, 4 and 16 rows in-process.
 
 Reports requests/s, p50/p99 latency of the answered well-formed requests, tokens/s, answers by
 status, 5xx count, whether every malformed request got a 4xx, whether the server survived, and the
@@ -193,6 +194,29 @@ async def sweep(url: str, good: dict, levels: list[int], per_level: int) -> dict
     return out
 
 
+def sampler_reference(run: str, good: dict, levels: list[int], repeats: int = 3) -> dict:
+    """The ceiling batching can reach: tokens/s of ``DiffusionLM.sample`` in this process on batches
+    of 1, 4, 16 rows with the same settings (no HTTP, no queue), best of ``repeats``."""
+    import thunderdlm
+    from thunderdlm.runtime import setup_runtime
+
+    setup_runtime()                      # THUNDERDLM_THREADS, as the served CLI process does
+    lm = thunderdlm.load(run)
+    lm.sample(good["prompt"], max_new_tokens=good["max_tokens"], steps=good["steps"], n=1)   # warm-up
+    out = {}
+    for rows in levels:
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            lm.sample(good["prompt"], max_new_tokens=good["max_tokens"], steps=good["steps"], n=rows,
+                      temperature=good["temperature"], threshold=good.get("threshold"))
+            best = min(best, time.perf_counter() - t0)
+        out[str(rows)] = {"rows": rows, "tokens_per_s": round(rows * good["max_tokens"] / best, 1)}
+    for v in out.values():
+        v["speedup_vs_1"] = round(v["tokens_per_s"] / out[str(levels[0])]["tokens_per_s"], 2)
+    return out
+
+
 def wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -254,6 +278,7 @@ def main(argv=None) -> int:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+    reference = sampler_reference(args.run, good, levels)     # with the server stopped: no contention
     res = {"run": args.run, "model": model, "settings": good, "clients": args.clients,
            "threads": os.environ.get("THUNDERDLM_THREADS"),
            "load": summarise(load.records, wall),
@@ -261,6 +286,7 @@ def main(argv=None) -> int:
            "rss_mib_after": round(rss_after, 1),
            "rss_growth_pct": round(100 * (rss_after - rss_before) / rss_before, 2),
            "batching": batching,
+           "sampler_batch_reference": reference,
            "batches": [line for line in metrics.splitlines() if line.startswith("thunderdlm_batches_total")]}
     write_bench_json(res, args.out, ROOT)
     return 0

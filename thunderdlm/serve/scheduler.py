@@ -3,9 +3,11 @@
 The worker takes the oldest job and every queued job with the same ``Job.key`` (same settings,
 same canvas layout, no seed) up to ``max_batch_rows`` rows, and decodes them in one sampling batch
 (``batch.run_batch``). A batch starts ``batch_wait_ms`` after its first job arrived and after the
-previous batch ended: the window lets concurrent requests meet, and lets the clients just answered
-send their next requests, so that clients in lock-step keep meeting in one batch instead of
-settling into two alternating half-size ones. While a batch runs, new requests queue up. Jobs cancelled while
+previous batch ended (the window lets concurrent requests meet); after a batch it also waits, for
+at most a quarter of a batch's duration, until as many rows are queued as were running or waiting
+when that batch ended: the clients just answered send their next requests, and clients in
+lock-step keep meeting in one batch instead of settling into alternating half-size ones. While a
+batch runs, new requests queue up. Jobs cancelled while
 queued are dropped without running. ``submit`` refuses work past ``max_queue`` waiting jobs with
 ``QueueFull`` (answered 429 with Retry-After).
 """
@@ -38,6 +40,8 @@ class Scheduler:
         self._closed = False
         self._batch_seconds = 1.0                 # running mean, for Retry-After
         self._last_end = 0.0                      # when the last batch finished (monotonic)
+        self._expect = 1                          # rows running or waiting when it finished
+        self.patience = 0.25                      # wait at most this share of a batch for them
         self._thread = threading.Thread(target=self._loop, name=f"serve-{name}", daemon=True)
         self._thread.start()
 
@@ -71,13 +75,16 @@ class Scheduler:
         with self._cond:
             while not self._queue and not self._closed:
                 self._cond.wait()
+            earliest = max(self._queue[0].enqueued if self._queue else 0.0, self._last_end) + self.wait
+            latest = self._last_end + self.wait + self.patience * self._batch_seconds
+            while not self._closed:
+                now = time.monotonic()
+                rows = sum(j.n for j in self._queue)
+                if now >= earliest and (rows >= self._expect or now >= latest):
+                    break
+                self._cond.wait((latest if now >= earliest else earliest) - now)
             if self._closed:
                 return None
-            start = max(self._queue[0].enqueued, self._last_end) + self.wait
-            delay = start - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)                 # let concurrent requests arrive
-        with self._cond:
             batch, rows, key = [], 0, None
             for job in list(self._queue):
                 if job.cancelled.is_set():
@@ -109,7 +116,9 @@ class Scheduler:
                 for job in batch:
                     job.emit("error", e)
             seconds = time.perf_counter() - t0
-            self._last_end = time.monotonic()
+            with self._cond:
+                self._last_end = time.monotonic()
+                self._expect = sum(j.n for j in batch) + sum(j.n for j in self._queue)
             self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
             if self.on_batch is not None:
                 self.on_batch(self.name, sum(j.n for j in batch), seconds, error, tokens, nfe)
