@@ -119,6 +119,7 @@ def test_unknown_model_is_404_and_chat_without_template_is_400(client):
 @pytest.mark.parametrize("body, status", [
     (b"{not json", 400), (b"[1, 2]", 400), (b'{"model": "masked", "prompt": 3}', 400),
     (b'{"model": "masked", "prompt": []}', 400), (b"\xff\xfe", 400), (b"x" * (1 << 21), 413),
+    (b'{"model": ' + b"[" * 50000 + b"]" * 50000 + b"}", 400),             # nested past the parser's depth
 ])
 def test_malformed_bodies_get_openai_error_json(server, body, status):
     r = httpx.post(server.url + "/v1/completions", content=body, headers={"Content-Type": "application/json"})

@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from thunderdlm.errors import ThunderError
 from thunderdlm.serve.config import ServeConfig
@@ -106,14 +107,17 @@ class Guard:
 async def read_body(request: Request, cfg: ServeConfig, schema):
     """The JSON body, size-limited while read (chunked bodies too), validated by ``schema``."""
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > cfg.max_body_bytes:
-            raise ApiError(413, f"request body is over this server's limit of {cfg.max_body_bytes} bytes",
-                           code="body_too_large")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > cfg.max_body_bytes:
+                raise ApiError(413, f"request body is over this server's limit of {cfg.max_body_bytes} "
+                                    "bytes", code="body_too_large")
+    except ClientDisconnect:
+        raise ApiError(400, "the client disconnected while sending the body") from None
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ApiError(400, f"the body is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object")
