@@ -98,7 +98,11 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | 
     """safetensors file written to a temp name and renamed (shared storage is cloned first)."""
     tmp = path.with_name(f".{path.name}.tmp")
     flat = {k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}
-    save_file(flat, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    try:
+        save_file(flat, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    except SafetensorError as e:    # its I/O errors (disk full, ulimit -f) are not OSErrors
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write '{path}': {str(e).split(': ', 1)[-1]}") from None
     os.replace(tmp, path)
 
 

@@ -197,3 +197,21 @@ def test_bad_train_settings_name_their_field(tiny_config, tmp_path, key, value):
     with pytest.raises(ConfigError, match=f"train.{key}|device 'cuda:99'"):
         cfg = tiny_config(**{key: value})
         Trainer(cfg, tmp_path / "r", show=False)
+
+
+def test_a_full_disk_during_a_checkpoint_is_named_and_keeps_the_last_one(tiny_config, tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+    trainer = Trainer(tiny_config(max_steps=10, ckpt_interval=5), tmp_path / "r", show=False)
+    real = ck.save_file
+
+    def full(tensors, path, metadata=None):
+        if trainer.step == 10:
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real(tensors, path, metadata=metadata)
+    monkeypatch.setattr(ck, "save_file", full)
+    with pytest.raises(CheckpointError, match=r"checkpoint of step 10 failed .*No space left on device.*"
+                                              r"step_00000005', is kept"):
+        trainer.fit()
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == ["latest", "step_00000005"]
+    monkeypatch.undo()
+    assert resume(tmp_path / "r", show=False).step == 10        # the lock was released too

@@ -13,6 +13,7 @@ fraction of the budget used, so a run of any speed ends its cosine decay when it
 from __future__ import annotations
 
 import math
+import shutil
 import signal
 import threading
 import time
@@ -203,6 +204,9 @@ class Trainer:
         stopped_by, loss = "budget", float("nan")
         bad, mid_step = 0, False
         self.stop_agreed = False     # under DDP/FSDP: every rank saw the request (see _train_step)
+        if budget_progress(self.tc, self.step, self.train_seconds) >= 1.0 and self.is_main:
+            print(f"'{self.folder.path}' is already at its budget (step {self.step}): nothing to train; "
+                  "raise train.max_steps= or train.max_minutes= to continue it")
         self.display.start(self.step, budget_progress(self.tc, self.step, self.train_seconds))
         try:
             while budget_progress(self.tc, self.step, self.train_seconds) < 1.0:
@@ -340,6 +344,17 @@ class Trainer:
         return row
 
     def save_checkpoint(self) -> None:
+        try:
+            self._save_checkpoint()
+        except (OSError, CheckpointError) as e:   # disk full, ulimit -f, a folder made read-only
+            if self.is_main:
+                for tmp in (self.folder.path / ck.CKPT_DIR).glob(".tmp-step_*"):
+                    shutil.rmtree(tmp, ignore_errors=True)
+            detail = f"{e.strerror}: '{e.filename}'" if isinstance(e, OSError) and e.strerror else str(e)
+            raise CheckpointError(f"writing the checkpoint of step {self.step} failed ({detail}); "
+                                  f"{self._last_checkpoint_note()}") from None
+
+    def _save_checkpoint(self) -> None:
         barrier(self.world)
         tmp = ck.begin_checkpoint(self.folder.path, self.step) if self.is_main else None
         barrier(self.world)
