@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from thunderdlm.bench import load_results, load_suite, plan_suite
 from thunderdlm.bench.manifest import Manifest, collect_manifest
@@ -258,20 +259,52 @@ def test_partial_run_resumes_to_a_larger_budget(tmp_path, data_dir):
 
 # ---- prompted continuations ----------------------------------------------------------------------
 
-class _UniformCharJudge:
-    """A judge stand-in that scores every character log V: nats(text) = len(text)·log V."""
+from thunderdlm.judges.base import Judge as _Judge
+
+
+class _UniformCharJudge(_Judge):
+    """A judge stand-in with one token per character, each of probability 1/V:
+    nats(text) = len(text)·log V, through the real ``Judge.score``."""
+
+    name = "uniform30"
+    window = stride = 10_000
 
     def __init__(self, V=30):
         self.V = V
 
-    def score(self, texts):
-        import math
-        from thunderdlm.judges.base import JudgeScore
+    def encode(self, text):
+        return [ord(c) for c in text]
 
-        per = [{"nats": len(t) * math.log(self.V), "chars": len(t), "tokens": len(t)} for t in texts]
-        total = sum(p["nats"] for p in per)
-        chars = sum(len(t) for t in texts)
-        return JudgeScore(total / chars, total / chars, chars, chars, per)
+    def token_logprobs(self, x, mask):
+        import math
+        return torch.full(x.shape, -math.log(self.V), dtype=torch.float64)
+
+
+def test_every_run_scores_real_held_out_text_as_its_own_row(tiny_run, data_dir):
+    """Issue 19: a judge figure for real text comes from the run itself — the reference row is
+    measured on every run (cached methods included), with the samples' window length, and the
+    report shows it beside the samples."""
+    from thunderdlm.bench import run_suite
+    from thunderdlm.bench.measure import real_text_windows
+    from thunderdlm.data import TokenData
+
+    tiny_run, _ = tiny_run
+    suite, src = load_suite("tiny", [f"data.dir={data_dir}"])
+    suite.judges = ["uniform30"]
+    judge = _UniformCharJudge(30)
+    plan = plan_suite(suite, src, out=tiny_run, judge_loader=lambda spec, device: judge)
+    res = run_suite(plan, log=lambda s: None)
+    (ref,) = res.real_text
+    n, length = suite.sampling.n_samples, suite.sampling.length
+    assert (ref["data"], ref["windows"], ref["length"]) == (str(data_dir), n, length)
+    texts = real_text_windows(data_dir, n, length)
+    val = TokenData(data_dir).split("val")
+    assert texts[0] == TokenData(data_dir).tokenizer.decode(val[:length].tolist())   # real val text
+    assert ref["chars"] == sum(len(t) for t in texts)
+    assert ref["judges"]["uniform30"]["nats_per_char"] == pytest.approx(math.log(30))
+    md = (tiny_run / "results.md").read_text()
+    assert f"| real held-out text ({data_dir}, {n} windows) |" in md
+    assert load_results(tiny_run).real_text == res.real_text
 
 
 def test_conditional_nll_is_the_continuations_share_of_the_joint_nats():

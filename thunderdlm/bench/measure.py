@@ -8,7 +8,10 @@
   every method — BLEU and exact characters against the real continuation, the share of real
   (training-text) words, each judge's NLL of the continuation *given the prompt* (nats of prompt +
   continuation minus nats of the prompt, per character of continuation), sampling tokens/s, NFE;
-- the validation curve logged during training (bound vs training wall time), for the plots.
+- the validation curve logged during training (bound vs training wall time), for the plots;
+- once per suite run and data folder, the reference row: the real held-out text cut into windows
+  of the samples' length and scored by the same judges (``measure_real_text``), so a sample's
+  judge NLL is always read beside the judge's NLL of real text from the same run.
 
 Per-character figures divide by the validation split's characters per token, so char- and
 BPE-tokenised methods compare.
@@ -131,6 +134,31 @@ def conditional_nll(judge, prompts: list[str], continuations: list[str]) -> dict
     nats = sum(b["nats"] - a["nats"] for b, a in zip(both.per_text, alone.per_text))
     chars = sum(len(t) for t in continuations)
     return {"nats_per_char": nats / chars if chars else float("nan"), "chars": chars}
+
+
+def real_text_windows(data_dir: str | Path, n: int, length: int) -> list[str]:
+    """n windows of ``length`` tokens of the validation split, evenly spaced over it, decoded to
+    text: the real counterpart of n unconditional samples of that length."""
+    from thunderdlm.data import TokenData
+
+    data = TokenData(data_dir)
+    val = data.split("val")
+    if len(val) < length:
+        raise ValueError(f"data folder '{data_dir}': the validation split has {len(val)} tokens, "
+                         f"fewer than one window of {length}")
+    last = len(val) - length
+    offsets = [round(i * last / max(n - 1, 1)) for i in range(n)]
+    return [data.tokenizer.decode(val[o:o + length].tolist()) for o in offsets]
+
+
+def measure_real_text(data_dir: str | Path, n: int, length: int, judges: dict[str, Any]) -> dict:
+    """The reference row: every judge's NLL of n real held-out windows (``real_text_windows``),
+    scored exactly as the samples are (``Judge.score``: nats per character and per judge token)."""
+    texts = real_text_windows(data_dir, n, length)
+    return {"data": str(data_dir), "windows": n, "length": length,
+            "chars": sum(len(t) for t in texts),
+            "judges": {name: judge.score(texts).to_dict() for name, judge in judges.items()},
+            "examples": texts[:1]}
 
 
 def validation_curve(run_dir: Path) -> list[dict]:

@@ -95,6 +95,12 @@ def samples_table(results: BenchResults) -> str:
             row += [_num(s["judges"].get(j, {}).get("nats_per_char"), ".3f") for j in judges]
             row += [_num(s["judges"].get(j, {}).get("nats_per_token"), ".3f") for j in judges]
             lines.append("| " + " | ".join(row) + " |")
+    for ref in results.real_text:            # the reference row: real held-out text, same judges
+        row = [f"real held-out text ({ref['data']}, {ref['windows']} windows)", "–", "–", "–",
+               "–", "–", "–", "–"]
+        row += [_num(ref["judges"].get(j, {}).get("nats_per_char"), ".3f") for j in judges]
+        row += [_num(ref["judges"].get(j, {}).get("nats_per_token"), ".3f") for j in judges]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 

@@ -27,6 +27,9 @@ class BenchResults:
     methods: list[dict[str, Any]] = param(default_factory=list, help="one record per measured method")
     warnings: list[str] = param(default_factory=list, help="fairness warnings (size, data)")
     reference: str | None = param(None, help="the exact-likelihood method ratios are taken to")
+    real_text: list[dict[str, Any]] = param(
+        default_factory=list, help="the reference row, measured by every run of the suite: the "
+                                   "judges' NLL of real held-out windows, one entry per data folder")
     actions: dict[str, str] = param(default_factory=dict,
                                     help="what the run that wrote this file did per method")
 

@@ -56,11 +56,29 @@ def run_suite(plan: SuitePlan, *, only: list[str] | None = None, force: bool = F
         write_json(plan.result_path(m.name), record)
         actions[m.name] = f"{trained}, measured"
     results = assemble(plan, actions, log)
+    results.real_text = measure_real_texts(plan, log)
     write_results(results, plan.out)
     write_report(results, plan.out)
     if plan.suite.frontier.n:
         measure_suite_frontier(plan, log)
     return results
+
+
+def measure_real_texts(plan: SuitePlan, log: Log) -> list[dict]:
+    """The reference row of every run: real held-out text of each data folder the methods use, in
+    windows of the samples' length, under the same judges (``measure.measure_real_text``)."""
+    from thunderdlm.bench.measure import measure_real_text
+
+    if not plan.judges:
+        return []
+    rows = []
+    for data_dir in dict.fromkeys(m.cfg.data.dir for m in plan.methods):
+        s = plan.suite.sampling
+        row = measure_real_text(data_dir, s.n_samples, s.length, plan.judges)
+        judged = ", ".join(f"{name} {j['nats_per_char']:.3f} nats/char" for name, j in row["judges"].items())
+        log(f"== real held-out text of {data_dir} ({s.n_samples} windows × {s.length} tokens): {judged} ==")
+        rows.append(row)
+    return rows
 
 
 def measure_suite_frontier(plan: SuitePlan, log: Log) -> None:
