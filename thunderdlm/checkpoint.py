@@ -25,6 +25,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -226,9 +227,15 @@ def latest_checkpoint(run_dir: Path) -> Path:
         named = Path(run_dir) / CKPT_DIR / pointer.read_text().strip()
         if named in ckpts:
             ckpts = [c for c in ckpts if c <= named]
+    skipped = []
     for ckpt in reversed(ckpts):
-        if checkpoint_problem(ckpt) is None:
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            for name, why in skipped:   # said once, on stderr: the run goes on from an older one
+                print(f"warning: skipped the damaged checkpoint {name} ({why}); using {ckpt.name}",
+                      file=sys.stderr)
             return ckpt
+        skipped.append((ckpt.name, problem))
     raise CheckpointError(f"every checkpoint in '{run_dir}/{CKPT_DIR}' is damaged: "
                           f"{checkpoint_problem(ckpts[-1])}")
 

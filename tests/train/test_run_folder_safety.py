@@ -131,7 +131,7 @@ def test_training_into_a_folder_that_is_not_a_run_is_refused(tiny_config, tmp_pa
     assert Trainer(tiny_config(max_steps=3), tmp_path / "empty", show=False).fit().step == 3
 
 
-def test_flipped_bytes_fail_the_checksum_and_fall_back(tiny_config, tmp_path):
+def test_flipped_bytes_fail_the_checksum_and_fall_back(tiny_config, tmp_path, capsys):
     Trainer(tiny_config(max_steps=10, ckpt_interval=5), tmp_path / "r", show=False).fit()
     newest = ck.latest_checkpoint(tmp_path / "r")
     assert json.loads((newest / ck.CHECKSUMS).read_text())["model.safetensors"]
@@ -141,6 +141,7 @@ def test_flipped_bytes_fail_the_checksum_and_fall_back(tiny_config, tmp_path):
     path.write_bytes(bytes(raw))
     assert "checksum" in ck.checkpoint_problem(newest)
     assert thunderdlm.load(tmp_path / "r").checkpoint.name == "step_00000005"
+    assert "skipped the damaged checkpoint step_00000010" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="step_00000010.*checksum"):
         thunderdlm.load(tmp_path / "r", checkpoint="step_00000010")
 
