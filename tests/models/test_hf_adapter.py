@@ -548,3 +548,24 @@ def test_embedding_process_uses_only_the_tokenizers_rows_of_a_padded_table(hf_di
     assert net.latents().shape == (small, 8)
     z = torch.randn(2, 6, 8)
     assert int(proc.round(net, z).max()) < small
+
+
+# ---- key padding (valid) ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_key_padding_gives_real_positions_the_unpadded_outputs(hf_dirs, causal):
+    """``valid`` (models/base.py): a right-padded batch reads, at its real positions, as each
+    window alone — bidirectional (SDPA's fused path replaced by the padded mask) and causal."""
+    model = build(hf_dirs["llama"], time_conditioning=True).eval()
+    wake_time_layers(model)
+    x = tokens()
+    n_real = (L, 7)
+    valid = torch.arange(L)[None, :] < torch.tensor(n_real)[:, None]
+    sigma = torch.rand(B)
+    with torch.no_grad():
+        out = model(x, sigma, causal=causal, valid=valid)
+        for row, n in enumerate(n_real):
+            alone = model(x[row:row + 1, :n], sigma[row:row + 1], causal=causal)
+            assert max_diff(out[row, :n], alone[0]) < 1e-4
+        if not causal:               # without the mask the pads leak into the short row
+            assert max_diff(model(x, sigma, causal=causal)[1, :7], out[1, :7]) > 1e-4

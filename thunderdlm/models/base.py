@@ -40,6 +40,19 @@ Structured attention (block diffusion, BD3-LM)::
                                              # input may be up to 2·max_seq_len long (x_t ⊕ x0),
                                              # each position must be < max_seq_len
 
+Padding (variable-length windows in one batch, a batching server)::
+
+    logits = model(x, sigma, valid=v)        # v (B, K) bool, True on real tokens, K = the keys
+                                             # (L, or P + L after P cached positions)
+
+- A key where ``v`` is False is attended by no query: the outputs at real positions are those of
+  the batch without the padding (tested for every backbone). ``valid`` narrows whatever pattern
+  the call has — ``causal``, ``attn_mask`` (a ``PiecewiseMask`` is made dense for it) or the
+  cached default — into one (B, 1, L, K) boolean mask, so it works with every other argument.
+- A padded query still sees itself (no empty softmax row, no NaN); its output is meaningless and
+  the processes leave it out of every loss and bound. Each row needs at least one real token.
+- Positions are not shifted: pad on the right (or give ``positions``) so real tokens keep theirs.
+
 Incremental causal decoding (backbones with ``supports_kv_cache``)::
 
     cache = model.new_kv_cache()                             # KVCache, empty (hf adapter: an
@@ -104,7 +117,8 @@ class Backbone(nn.Module, metaclass=ABCMeta):
                 causal: bool | None = None, kv_cache: KVCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, return_hidden: bool = False,
                 attn_mask: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, L) token ids, sigma: (B,) | (B, L) | None -> (B, L, out_dim) float32.
 
         With ``kv_cache`` (only where ``supports_kv_cache``) ``x`` holds the tokens after the
@@ -208,6 +222,33 @@ class Backbone(nn.Module, metaclass=ABCMeta):
             if L and not (0 <= int(positions.min()) and int(positions.max()) < self.max_seq_len):
                 raise ValueError(f"positions must lie in 0..{self.max_seq_len - 1} (max_seq_len), "
                                  f"got {int(positions.min())}..{int(positions.max())}")
+
+    def _with_padding(self, attn_mask, valid: torch.Tensor | None, causal: bool, B: int, L: int,
+                      cached: int = 0, device: torch.device | None = None):
+        """``attn_mask`` narrowed by the key-padding mask ``valid`` (B, cached + L): a (B, 1, L,
+        cached + L) bool mask where no query sees a padded key but every query sees itself.
+        Returns ``attn_mask`` unchanged when ``valid`` is None."""
+        if valid is None:
+            return attn_mask
+        K = cached + L
+        if valid.dtype != torch.bool or valid.shape != (B, K):
+            raise ValueError(f"valid must be a ({B}, {K}) bool key-padding mask (True on real "
+                             f"tokens), got {valid.dtype} {tuple(valid.shape)}")
+        if not bool(valid.any(dim=1).all()):
+            raise ValueError("valid: every row needs at least one real (True) token")
+        q = cached + torch.arange(L, device=device)                             # absolute query positions
+        k = torch.arange(K, device=device)
+        if isinstance(attn_mask, PiecewiseMask):
+            base = attn_mask.dense()
+        elif attn_mask is not None:
+            base = attn_mask
+        elif causal:
+            base = k[None, :] <= q[:, None]                                     # (L, K)
+        else:
+            base = torch.ones(L, K, dtype=torch.bool, device=device)
+        own = k[None, :] == q[:, None]                                          # (L, K) the diagonal
+        base = base.view(-1, 1, L, K) if base.dim() == 4 else base[None, None]
+        return base & (valid[:, None, None, :].to(device) | own[None, None])   # (B, 1, L, K)
 
     def _check_kv_cache(self, x: torch.Tensor, causal: bool, kv_cache: KVCache,
                         attn_mask: torch.Tensor | None = None) -> None:

@@ -157,13 +157,14 @@ class DDiT(Backbone):
                 causal: bool | None = None, kv_cache: KVCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, return_hidden: bool = False,
                 attn_mask: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, L) ids, sigma: (B,) | (B, L) | None -> (B, L, out_dim) float32 logits.
 
         With ``kv_cache``: x (B, n) are the tokens after the cached ones, sigma (B,) or (B, n)
         -> (B, n, out_dim). ``inputs_embeds`` (B, L, D) replaces E[x]; ``return_hidden`` returns
-        the (B, L, D) features the output projection reads; ``attn_mask`` / ``positions``: see
-        the contract in ``models/base.py``.
+        the (B, L, D) features the output projection reads; ``attn_mask`` / ``positions`` /
+        ``valid`` (key padding): see the contract in ``models/base.py``.
         """
         x, h = self._input_embeddings(x, inputs_embeds, self.vocab_embed,
                                       self._structure_limit(positions))     # (B, L), (B, L, D)
@@ -172,6 +173,8 @@ class DDiT(Backbone):
             self._check_kv_cache(x, causal, kv_cache, attn_mask)
         self._check_structure(x.shape[1], attn_mask, positions,
                               kv_cache.length if kv_cache is not None else 0)
+        attn_mask = self._with_padding(attn_mask, valid, causal, *x.shape,
+                                       kv_cache.length if kv_cache is not None else 0, h.device)
         if self.cfg.time_conditioning and sigma is not None:
             sigma = self._prepare_sigma(x, sigma)                            # (B,) or (B, L)
             c = F.silu(self.sigma_map(sigma))                                # (B, [L,] C)

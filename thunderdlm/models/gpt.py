@@ -125,12 +125,13 @@ class GPT(Backbone):
                 causal: bool | None = None, kv_cache: KVCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, return_hidden: bool = False,
                 attn_mask: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, L) ids, sigma: (B,) | (B, L) | None -> (B, L, out_dim) float32 logits.
 
         With ``kv_cache``: x (B, n) are the tokens after the cached ones -> (B, n, out_dim).
         ``inputs_embeds`` (B, L, D) replaces wte[x]; ``return_hidden`` returns ln_f(h) (B, L, D);
-        ``attn_mask`` / ``positions``: see the contract in ``models/base.py``.
+        ``attn_mask`` / ``positions`` / ``valid`` (key padding): see the contract in ``models/base.py``.
         """
         x, h = self._input_embeddings(x, inputs_embeds, self.wte.weight,
                                       self._structure_limit(positions))     # (B, L), (B, L, D)
@@ -141,6 +142,7 @@ class GPT(Backbone):
             self._check_kv_cache(x, causal, kv_cache, attn_mask)
             offset = kv_cache.length
         self._check_structure(x.shape[1], attn_mask, positions, offset)
+        attn_mask = self._with_padding(attn_mask, valid, causal, *x.shape, offset, h.device)
         h = self._embed(h, sigma, offset, positions)                         # (B, L, D)
         for i, block in enumerate(self.blocks):
             h = block(h, causal, kv_cache.layer(i) if kv_cache is not None else None,

@@ -178,7 +178,8 @@ class HFDenoiser(Backbone):
                 inputs_embeds: torch.Tensor | None = None, return_hidden: bool = False,
                 attn_mask: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None,
-                shift_logits: bool | None = None) -> torch.Tensor:
+                shift_logits: bool | None = None,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, L) ids, sigma: (B,) | (B, L) | None -> (B, L, out_dim) float32.
 
         ``attn_mask`` (L, L) / (B, 1, L, L) bool and ``positions`` (L,): see ``models/base.py``
@@ -187,7 +188,8 @@ class HFDenoiser(Backbone):
         (n, P + n) (default: causal) and ``positions`` default to P..P+n−1. ``shift_logits``
         (default ``cfg.shift_logits``) turns the shift of the head on or off for this call: a
         caller whose input is not one left-to-right sequence (block diffusion's x_t ⊕ x0, a chunk
-        after a cache) asks for each position's own output and shifts it itself."""
+        after a cache) asks for each position's own output and shifts it itself. ``valid``
+        (B, P + L) bool: the key-padding mask of ``models/base.py``."""
         shift = self.cfg.shift_logits if shift_logits is None else bool(shift_logits)
         x, h = self._input_embeddings(x, inputs_embeds, self.token_embedding,
                                       self._structure_limit(positions))     # (B, L), (B, L, D)
@@ -197,6 +199,7 @@ class HFDenoiser(Backbone):
             self._check_hf_cache(x, causal, kv_cache, attn_mask, shift)
             P = kv_cache.length
         self._check_structure(x.shape[1], attn_mask, positions, P)
+        attn_mask = self._with_padding(attn_mask, valid, causal, *x.shape, P, h.device)
         if self.time_embed is not None:
             c = self.time_embed(self._prepare_sigma(x, sigma))                  # (B, [L,] C)
             if self.time_add is not None:
