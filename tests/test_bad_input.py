@@ -65,6 +65,8 @@ def test_prompt_without_length_fills_the_rest_of_the_context(run, capsys):
     (["--samples", "-3"], "--samples must be ≥ 0"),
     (["--json", "/nonexistent/dir/x.json"], "'/nonexistent/dir' does not exist"),
     (["--set", "data.seq_len=64"], "data.seq_len"),
+    (["--samples", "2", "--length", "100"], "--length 100 is longer than the model's context (32"),
+    (["--samples", "2", "--steps", "100000000"], "'steps' (--steps)"),
 ])
 def test_eval_bad_input_is_refused_before_the_evaluation(run, capsys, args, message):
     one_line_error(capsys, ["eval", str(run), *args], message)

@@ -110,6 +110,13 @@ def cmd_eval(args) -> int:
                            f"({lm.context} tokens); shorten them")
     if args.judge and args.samples < 1:
         raise ThunderError("--judge scores samples: give --samples N (N ≥ 1) as well")
+    if args.samples > 0 or args.bleu > 0:   # their sampling arguments, before the long evaluation
+        from thunderdlm.sampling.requests import check_sample_args
+
+        check_sample_args(steps=args.steps, length=args.length, seed=args.seed)
+        if args.samples > 0 and (args.length or 0) > lm.context:
+            raise ThunderError(f"--length {args.length} is longer than the model's context "
+                               f"({lm.context} tokens)")
     if args.samples > 0:            # load the judges first: a bad spec fails before the long evaluation
         from thunderdlm.judges import load_judge
 
