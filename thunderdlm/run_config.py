@@ -56,8 +56,11 @@ def read_run_config(run_dir: Path, overrides: list[str] | None = None) -> RunCon
     return RunConfig.from_data(apply_overrides(data, overrides or []))
 
 
-# what a checkpoint's weights and data depend on: a resume may not change these
+# what a checkpoint's weights and data depend on: a resume may not change these, except the model
+# fields that leave the network as it is (a moved pretrained folder, how attention is computed)
 FIXED_ON_RESUME = ("model", "process.name", "data.seq_len")
+FREE_ON_RESUME = ("model.path", "model.gradient_checkpointing", "model.attn_implementation",
+                  "model.dropout")
 
 
 def check_resume_config(stored: RunConfig, new: RunConfig) -> None:
@@ -66,7 +69,7 @@ def check_resume_config(stored: RunConfig, new: RunConfig) -> None:
     against the run's own when the data loads."""
     old, cur = _flat(stored.to_dict()), _flat(new.to_dict())
     for key in sorted(set(old) | set(cur)):
-        if key.startswith(FIXED_ON_RESUME) and old.get(key) != cur.get(key):
+        if key.startswith(FIXED_ON_RESUME) and key not in FREE_ON_RESUME and old.get(key) != cur.get(key):
             raise ConfigError(f"config field '{key}' cannot change when resuming (the run has "
                               f"{old.get(key)!r}, got {cur.get(key)!r}); start a new run with another out_dir= instead")
 

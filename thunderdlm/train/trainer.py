@@ -169,6 +169,7 @@ class Trainer:
         if not self.fsdp:
             self.model = self._wrap(self.raw_model)
         self.display = TrainDisplay(self.tc, enabled=show and self.is_main)
+        self.stop_request, self.stop_agreed = StopRequest(self.display.note), False  # fit() arms it
         self.autocast = self._autocast()
 
     def release(self) -> None:
