@@ -50,7 +50,7 @@ def writable_problem(path: Path) -> str | None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         return f"its folder '{parent}' does not exist"
-    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    if not os.access(parent, os.W_OK | os.X_OK):    # the file itself is replaced by a rename
         return f"'{parent}' is not writable"
     return None
 
