@@ -34,12 +34,16 @@ class RunLock:
         self.file = open(folder / LOCK_FILE, "a+")
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             self.file.seek(0)
             holder = self.file.read().strip() or "?"
             self.file.close()
             raise CheckpointError(f"run folder '{folder}' is in use by another training (pid {holder}); "
                                   "wait for it to finish (or stop it), or choose another out_dir=") from None
+        except OSError as e:     # e.g. ENOLCK: a network file system without locks
+            self.file.close()
+            raise CheckpointError(f"cannot lock the run folder '{folder}' ({e.strerror}); "
+                                  "train on a local disk or a file system with locks") from None
         self.file.seek(0)
         self.file.truncate()
         self.file.write(f"{os.getpid()}\n")
