@@ -38,7 +38,8 @@ from torch import nn
 
 from thunderdlm.config import param
 from thunderdlm.models.kv_cache import KVCache
-from thunderdlm.processes.base import LossOutput, Process, StepContext, StepOutput
+from thunderdlm.processes.base import (LossOutput, Process, StepContext, StepOutput, check_valid,
+                                        pad_kwargs, real_mean)
 from thunderdlm.processes.config import ProcessConfig
 from thunderdlm.categorical import draw_tokens
 
@@ -72,18 +73,22 @@ class AutoregressiveProcess(Process):
         """x shifted right behind BOS: (B, L) -> (B, L), ``inp[:, p]`` predicts ``x[:, p]``."""
         return torch.cat([torch.full_like(x[:, :1], self.bos_id), x[:, :-1]], dim=1)
 
-    def logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, V) next-token logits for every position of x, BOS excluded from the outputs."""
-        out = model(self.network_input(x), None, causal=True).float()
+    def logits(self, model: nn.Module, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, V) next-token logits for every position of x, BOS excluded from the outputs.
+        ``valid`` (B, L) marks x's real tokens; input p holds x[p − 1] (BOS at 0, always real)."""
+        keys = None if valid is None else torch.cat([torch.ones_like(valid[:, :1]), valid[:, :-1]], 1)
+        out = model(self.network_input(x), None, causal=True, **pad_kwargs(keys)).float()
         return out[..., : self.vocab_size]
 
-    def nelbo(self, model: nn.Module, x0: torch.Tensor, generator=None) -> torch.Tensor:
-        """Exact NLL per token of each window: (B,)."""
-        logits = self.logits(model, x0)
-        return F.cross_entropy(logits.transpose(1, 2), x0, reduction="none").mean(dim=1)
+    def nelbo(self, model: nn.Module, x0: torch.Tensor, generator=None,
+              valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact NLL per real token of each window: (B,)."""
+        check_valid(x0, valid)
+        logits = self.logits(model, x0, valid)
+        return real_mean(F.cross_entropy(logits.transpose(1, 2), x0, reduction="none"), valid)
 
-    def loss(self, model: nn.Module, x0: torch.Tensor) -> LossOutput:
-        loss = self.nelbo(model, x0).mean()
+    def loss(self, model: nn.Module, x0: torch.Tensor, valid: torch.Tensor | None = None) -> LossOutput:
+        loss = self.nelbo(model, x0, valid=valid).mean()
         return LossOutput(loss, {})
 
     # ---- sampling --------------------------------------------------------------------------------

@@ -8,6 +8,11 @@ in ``train/trainer.py`` and ``sampling/loop.py``, which only call the methods be
 Shapes: ``x0`` / ``x`` are token ids ``(B, L)``; a backbone maps ``(x, sigma)`` to logits
 ``(B, L, V)`` where ``V = process.model_vocab_size`` (the tokenizer's vocabulary plus any token the
 process adds, such as the mask).
+
+Padding: ``loss`` and ``nelbo`` take ``valid`` (B, L) bool, True on real tokens (windows of
+different lengths right-padded into one batch). Padded positions are hidden from the network (the
+backbone's key-padding mask, ``models/base.py``), contribute to no term, and every per-token figure
+divides by the row's real tokens — so the bound of a padded window equals the unpadded one's.
 """
 from __future__ import annotations
 
@@ -110,15 +115,18 @@ class Process(ABC):
 
     # ---- training and likelihood ----------------------------------------------------------------
     @abstractmethod
-    def loss(self, model: nn.Module, x0: torch.Tensor) -> LossOutput:
-        """Training loss on a batch of clean windows ``x0`` (B, L)."""
+    def loss(self, model: nn.Module, x0: torch.Tensor, valid: torch.Tensor | None = None) -> LossOutput:
+        """Training loss on a batch of clean windows ``x0`` (B, L); ``valid`` (B, L) bool marks the
+        real tokens (None: all)."""
 
     @abstractmethod
     def nelbo(self, model: nn.Module, x0: torch.Tensor,
-              generator: torch.Generator | None = None) -> torch.Tensor:
-        """One Monte Carlo sample per sequence of the NELBO in nats per token: shape (B,).
+              generator: torch.Generator | None = None,
+              valid: torch.Tensor | None = None) -> torch.Tensor:
+        """One Monte Carlo sample per sequence of the NELBO in nats per real token: shape (B,).
 
         Its expectation upper-bounds the true NLL per token (equals it when ``exact_likelihood``).
+        ``valid`` (B, L) bool marks the real tokens (None: all); padding changes nothing else.
         """
 
     # ---- sampling --------------------------------------------------------------------------------
@@ -138,6 +146,30 @@ class Process(ABC):
     def is_noisy(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L) bool: positions still carrying noise (used for n_commit schedules)."""
         return torch.ones_like(x, dtype=torch.bool)
+
+
+def check_valid(x0: torch.Tensor, valid: torch.Tensor | None) -> None:
+    """``valid`` must be None or a (B, L) bool mask of x0's shape with a real token in every row."""
+    if valid is None:
+        return
+    if valid.dtype != torch.bool or valid.shape != x0.shape:
+        raise ValueError(f"valid must be a {tuple(x0.shape)} bool mask (True on real tokens), got "
+                         f"{valid.dtype} {tuple(valid.shape)}")
+    if not bool(valid.any(dim=1).all()):
+        raise ValueError("valid: every window needs at least one real (True) token")
+
+
+def pad_kwargs(valid: torch.Tensor | None) -> dict:
+    """The backbone's key-padding argument, only when there is padding (plain calls stay plain)."""
+    return {} if valid is None else {"valid": valid}
+
+
+def real_mean(per_pos: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Per-sequence mean over the real positions: (B, L) -> (B,); the plain mean when no padding."""
+    if valid is None:
+        return per_pos.mean(dim=1)
+    v = valid.to(per_pos.dtype)
+    return (per_pos * v).sum(dim=1) / v.sum(dim=1)
 
 
 def config_dict(cfg: Any) -> dict:

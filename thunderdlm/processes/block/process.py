@@ -53,7 +53,7 @@ from torch import nn
 
 from thunderdlm.config import check, param
 from thunderdlm.models.kv_cache import KVCache
-from thunderdlm.processes.base import LossOutput, StepContext, unwrap
+from thunderdlm.processes.base import LossOutput, StepContext, check_valid, pad_kwargs, unwrap
 from thunderdlm.processes.block.attention import (block_causal, chunk_mask, shifted_reads,
                                                   training_plan, training_positions)
 from thunderdlm.processes.discrete.masked import NEG_INF, MaskedConfig, MaskedProcess, stratified_times
@@ -118,9 +118,10 @@ class BlockDiffusionProcess(MaskedProcess):
 
     # ---- loss and bound --------------------------------------------------------------------------
     def block_nelbo_at(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor,
-                       generator: torch.Generator | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sequence NELBO per token with block times t (B, nb), every block in one forward.
+                       generator: torch.Generator | None = None,
+                       valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sequence NELBO per real token with block times t (B, nb), every block in one
+        forward; ``valid`` (B, L) marks real tokens (the padding is hidden in both halves).
 
         Returns (nelbo (B,), masked fraction (B,))."""
         shifted = self.shifted_head(model)
@@ -130,20 +131,24 @@ class BlockDiffusionProcess(MaskedProcess):
         u = torch.rand(x0.shape, device=x0.device, generator=generator)
         masked = u < self.schedule.mask_prob(t_tok)                             # (B, L)
         xt = torch.where(masked, torch.full_like(x0, self.mask_id), x0)
+        if valid is not None:
+            masked = masked & valid                                             # pads never count
+        n = L if valid is None else valid.sum(dim=1)                            # real tokens (B,)
         sigma = None
         if self.cfg.time_conditioning:   # σ(t_b) on the noisy half, 0 on the clean half
             sigma = torch.cat([self.schedule.sigma_for_conditioning(t_tok),
                                torch.zeros_like(t_tok)], dim=1)                 # (B, 2L)
         out = self._call(model, torch.cat([xt, x0], dim=1), sigma, shifted,
                          attn_mask=self._plan(L, x0.device),
-                         positions=training_positions(L, x0.device))             # (B, 2L, V+1)
+                         positions=training_positions(L, x0.device),
+                         **pad_kwargs(None if valid is None else valid.repeat(1, 2)))   # (B, 2L, V+1)
         reads = shifted_reads(L, bs, x0.device) if shifted else slice(0, L)
         logits = out[:, reads].float()                                          # (B, L, V+1)
         logits[..., self.mask_id] = NEG_INF                                     # SUBS
         nll = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")     # (B, L)
         nll = torch.where(masked, nll, torch.zeros_like(nll))
-        per_seq = (self.schedule.nelbo_weight(t_tok) * nll).sum(dim=1) / L
-        return per_seq, masked.float().mean(dim=1)
+        per_seq = (self.schedule.nelbo_weight(t_tok) * nll).sum(dim=1) / n
+        return per_seq, masked.float().sum(dim=1) / n
 
     def _plan(self, L: int, device: torch.device):
         """The x_t ⊕ x0 mask as pieces (``training_plan``), built once per (L, device)."""
@@ -161,17 +166,20 @@ class BlockDiffusionProcess(MaskedProcess):
         u = stratified_times(B * nb, device, generator, self.cfg.stratified)     # (B·nb,)
         return (lo + (hi - lo) * u).view(B, nb)
 
-    def loss(self, model: nn.Module, x0: torch.Tensor) -> LossOutput:
+    def loss(self, model: nn.Module, x0: torch.Tensor, valid: torch.Tensor | None = None) -> LossOutput:
+        check_valid(x0, valid)
         t = self.block_times(x0.shape[0], self._blocks(x0), x0.device,
                              self.cfg.sampling_eps, self.cfg.sampling_eps_max)
-        per_seq, frac = self.block_nelbo_at(model, x0, t)
+        per_seq, frac = self.block_nelbo_at(model, x0, t, valid=valid)
         return LossOutput(per_seq.mean(), {"mask_frac": frac.mean().item()})
 
     def nelbo(self, model: nn.Module, x0: torch.Tensor,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+              generator: torch.Generator | None = None,
+              valid: torch.Tensor | None = None) -> torch.Tensor:
         # the whole interval (0, 1]: an unbiased estimate of the exact NELBO
+        check_valid(x0, valid)
         t = self.block_times(x0.shape[0], self._blocks(x0), x0.device, 0.0, 1.0, generator)
-        return self.block_nelbo_at(model, x0, t, generator)[0]
+        return self.block_nelbo_at(model, x0, t, generator, valid)[0]
 
     @torch.no_grad()
     def select_noise_interval(self, model: nn.Module, batches: list[torch.Tensor],

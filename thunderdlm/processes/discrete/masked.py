@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from thunderdlm.config import check, param
-from thunderdlm.processes.base import LossOutput, Process, StepContext, StepOutput
+from thunderdlm.processes.base import (LossOutput, Process, StepContext, StepOutput, check_valid,
+                                        pad_kwargs)
 from thunderdlm.processes.config import ProcessConfig
 from thunderdlm.processes.discrete.schedules import SCHEDULES, build_schedule
 from thunderdlm.categorical import draw_tokens
@@ -133,16 +134,21 @@ class MaskedProcess(Process):
     # ---- loss and bound --------------------------------------------------------------------------
     def nelbo_at(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor,
                  generator: torch.Generator | None = None,
-                 estimator: str = "nelbo") -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sequence NELBO per token at times t (B,): returns (nelbo (B,), masked fraction (B,)).
+                 estimator: str = "nelbo",
+                 valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sequence NELBO per real token at times t (B,): returns (nelbo (B,), masked fraction
+        (B,)). ``valid`` (B, L): real tokens (padding is hidden from the network and scores 0).
 
         ``estimator='ratio'`` replaces Σ_masked/L by m(t)·Σ_masked/#masked/P(#masked > 0), a ratio
         estimator for training only. It is unbiased given t only when the per-position loss does
         not depend on the mask pattern: E[Σ/#masked | t] ≠ E[Σ | t]/E[#masked | t] for a model that
         reads its context (tested on the exact denoiser of a Markov source)."""
         xt = self.corrupt(x0, t, generator)
-        logits = model(xt, self.conditioning(t))                               # (B, L, V+1)
+        logits = model(xt, self.conditioning(t), **pad_kwargs(valid))          # (B, L, V+1)
         masked = xt == self.mask_id
+        if valid is not None:
+            masked = masked & valid                                             # pads never count
+        n = x0.shape[1] if valid is None else valid.sum(dim=1)                  # real tokens (B,)
         # −log p_θ(x0|x_t) at masked positions; visible positions contribute exactly 0 under SUBS
         logits = logits.float()
         logits[..., self.mask_id] = NEG_INF
@@ -156,24 +162,27 @@ class MaskedProcess(Process):
             # masked, so this is a biased (ratio) estimator: a training loss, never the bound
             m = self.schedule.mask_prob(t)
             count = masked.sum(dim=1).clamp(min=1)
-            hit = -torch.expm1(x0.shape[1] * torch.log1p(-m.clamp(max=1 - 1e-12)))
+            hit = -torch.expm1(n * torch.log1p(-m.clamp(max=1 - 1e-12)))
             per_seq = w * m * nll.sum(dim=1) / count / hit
         else:
-            per_seq = w * nll.sum(dim=1) / x0.shape[1]
-        return per_seq, masked.float().mean(dim=1)
+            per_seq = w * nll.sum(dim=1) / n
+        return per_seq, masked.float().sum(dim=1) / n
 
-    def loss(self, model: nn.Module, x0: torch.Tensor) -> LossOutput:
+    def loss(self, model: nn.Module, x0: torch.Tensor, valid: torch.Tensor | None = None) -> LossOutput:
+        check_valid(x0, valid)
         t = stratified_times(x0.shape[0], x0.device, None, self.cfg.stratified)
         t = self.cfg.sampling_eps + (1.0 - self.cfg.sampling_eps) * t
-        per_seq, frac = self.nelbo_at(model, x0, t, estimator=self.cfg.loss_estimator)
+        per_seq, frac = self.nelbo_at(model, x0, t, estimator=self.cfg.loss_estimator, valid=valid)
         loss = per_seq.mean()
         return LossOutput(loss, {"mask_frac": frac.mean().item()})
 
     def nelbo(self, model: nn.Module, x0: torch.Tensor,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+              generator: torch.Generator | None = None,
+              valid: torch.Tensor | None = None) -> torch.Tensor:
         # the full integral over t ∈ (0, 1]: no sampling_eps clip, so the estimate is unbiased
+        check_valid(x0, valid)
         t = stratified_times(x0.shape[0], x0.device, generator, True)
-        return self.nelbo_at(model, x0, t, generator)[0]
+        return self.nelbo_at(model, x0, t, generator, valid=valid)[0]
 
     # ---- sampling --------------------------------------------------------------------------------
     def prior(self, shape, device, generator=None) -> torch.Tensor:

@@ -51,7 +51,8 @@ import torch
 from torch import nn
 
 from thunderdlm.config import check, param
-from thunderdlm.processes.base import LossOutput, Process, SampleOptions, StepContext, StepOutput
+from thunderdlm.processes.base import (LossOutput, Process, SampleOptions, StepContext, StepOutput,
+                                        check_valid, pad_kwargs, real_mean)
 from thunderdlm.processes.discrete.commit import decided_positions, select_confident
 from thunderdlm.processes.config import ProcessConfig
 from thunderdlm.processes.discrete.graphs import GRAPHS, build_graph
@@ -172,29 +173,34 @@ class ScoreEntropyProcess(Process):
 
     # ---- loss and bound --------------------------------------------------------------------------
     def dse_at(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(∫-integrand estimate per token (B,), x_t) at times t (B,) float64."""
+               generator: torch.Generator | None = None,
+               valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(∫-integrand estimate per real token (B,), x_t) at times t (B,) float64; ``valid``
+        (B, L) marks real tokens (padding hidden from the network, left out of the mean)."""
         alpha = self.noise.alpha(t)
         xt = self.graph.sample_transition(x0, alpha, generator)
-        out = model(xt, self.conditioning(t)).float()                                # (B, L, D)
+        out = model(xt, self.conditioning(t), **pad_kwargs(valid)).float()           # (B, L, D)
         param = self.score_param(out, xt, alpha)
         per_pos = self.graph.score_entropy(param, xt, x0, alpha, self.noise.dsigma(t),
                                            self.noise.nelbo_weight(t))               # (B, L)
-        return per_pos.mean(dim=1), xt
+        return real_mean(per_pos, valid), xt
 
     def _times(self, n: int, device, generator, clip: float) -> torch.Tensor:
         u = stratified_times(n, device, generator, self.cfg.stratified).double()     # (0, 1]
         return clip + (1.0 - clip) * u
 
-    def loss(self, model: nn.Module, x0: torch.Tensor) -> LossOutput:
+    def loss(self, model: nn.Module, x0: torch.Tensor, valid: torch.Tensor | None = None) -> LossOutput:
+        check_valid(x0, valid)
         t = self._times(x0.shape[0], x0.device, None, self.cfg.sampling_eps)
-        per_seq, xt = self.dse_at(model, x0, t)
+        per_seq, xt = self.dse_at(model, x0, t, valid=valid)
         return LossOutput(per_seq.mean().float(), {"noise_frac": (xt != x0).float().mean().item()})
 
     def nelbo(self, model: nn.Module, x0: torch.Tensor,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+              generator: torch.Generator | None = None,
+              valid: torch.Tensor | None = None) -> torch.Tensor:
+        check_valid(x0, valid)
         t = self._times(x0.shape[0], x0.device, generator, 0.0)                       # all of (0, 1]
-        return self.dse_at(model, x0, t, generator)[0] + self.bound_constant
+        return self.dse_at(model, x0, t, generator, valid)[0] + self.bound_constant
 
     # ---- sampling --------------------------------------------------------------------------------
     def prior(self, shape, device, generator=None) -> torch.Tensor:

@@ -89,15 +89,16 @@ class EmbeddingDenoiser(nn.Module):
 
     # ---- the denoiser --------------------------------------------------------------------------
     def forward(self, z: torch.Tensor, t: torch.Tensor, x_sc: torch.Tensor | None = None,
-                token_probs: torch.Tensor | None = None) -> torch.Tensor:
-        """z (B, L, d), t (B,) in [0, 1], x_sc (B, L, d) or None, token_probs (B, L, V) or None ->
-        (B, L, d | V) float32."""
+                token_probs: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """z (B, L, d), t (B,) in [0, 1], x_sc (B, L, d) or None, token_probs (B, L, V) or None,
+        valid (B, L) bool key-padding mask or None -> (B, L, d | V) float32."""
         if x_sc is None:
             x_sc = torch.zeros_like(z)
         h = self.input_scale * (self.in_proj(z) + self.sc_proj(x_sc))               # (B, L, D)
         if token_probs is not None:                                                 # E_p[E_v]
             h = h + token_probs.to(self.source.dtype) @ self.source
-        return self.backbone(None, 1000.0 * t, inputs_embeds=h)
+        padding = {} if valid is None else {"valid": valid}
+        return self.backbone(None, 1000.0 * t, inputs_embeds=h, **padding)
 
     def num_params(self, non_embedding: bool = False) -> int:
         own = sum(p.numel() for n, p in self.named_parameters() if not n.startswith("backbone."))

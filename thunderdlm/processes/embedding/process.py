@@ -53,7 +53,8 @@ from torch import nn
 
 from thunderdlm.config import check, param
 from thunderdlm.errors import ConfigError
-from thunderdlm.processes.base import LossOutput, Process, StepContext, StepOutput, unwrap
+from thunderdlm.processes.base import (LossOutput, Process, StepContext, StepOutput, check_valid,
+                                        pad_kwargs, real_mean, unwrap)
 from thunderdlm.processes.config import ProcessConfig
 from thunderdlm.processes.embedding.network import EmbeddingDenoiser
 from thunderdlm.processes.embedding.schedules import (GAUSSIAN_SCHEDULES, build_gaussian_schedule,
@@ -65,6 +66,11 @@ def sq_dist(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     """‖x_{b,i} − e_v‖²: x (B, L, d), e (V, d) -> (B, L, V)."""
     return torch.cdist(x, e.expand(x.shape[0], *e.shape)).square()
 
+
+
+def _real_sum(per_pos: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """(B, L) -> (B,): the sum over the real positions (all when ``valid`` is None)."""
+    return per_pos.sum(dim=1) if valid is None else (per_pos * valid.to(per_pos.dtype)).sum(dim=1)
 
 @dataclass
 class EmbeddingConfig(ProcessConfig):
@@ -212,14 +218,15 @@ class EmbeddingProcess(Process):
 
     # ---- parameterisation ----------------------------------------------------------------------
     def predict(self, net: EmbeddingDenoiser, z: torch.Tensor, t: torch.Tensor,
-                x_sc: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(raw output, x̂0, rounding logits) at z (B, L, d), t (B,)."""
+                x_sc: torch.Tensor | None = None,
+                valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(raw output, x̂0, rounding logits) at z (B, L, d), t (B,); ``valid`` (B, L): real tokens."""
         e = unwrap(net).latents()                                          # (V, d)
         a = self._alpha_bar(t)
         cfg = self.cfg
         prior = self.prior_logits(z, a, e) if cfg.input_posterior or cfg.output_prior else None
         token_probs = torch.softmax(prior, dim=-1) if cfg.input_posterior else None
-        out = net(z, t, x_sc, token_probs)          # through a DDP wrapper, if any
+        out = net(z, t, x_sc, token_probs, **pad_kwargs(valid))   # through a DDP wrapper, if any
         if cfg.head == "softmax":
             if cfg.output_prior:
                 # Plaid's output prior: the network learns the correction to the per-position
@@ -251,20 +258,22 @@ class EmbeddingProcess(Process):
         return x0_hat @ e.T + unwrap(net).rounding_bias                         # dot (Diffusion-LM)
 
     def self_condition(self, net: EmbeddingDenoiser, z: torch.Tensor, t: torch.Tensor,
-                       rows: torch.Tensor | None = None) -> torch.Tensor | None:
+                       rows: torch.Tensor | None = None,
+                       valid: torch.Tensor | None = None) -> torch.Tensor | None:
         """Plaid's first pass: x̂0 from x_sc = 0, without gradient, on ``rows`` (B,) bool (all if None)."""
         if not self.cfg.self_conditioning:
             return None
         with torch.no_grad():
-            x_sc = self.predict(net, z, t)[1].detach()
+            x_sc = self.predict(net, z, t, valid=valid)[1].detach()
         if rows is not None:
             x_sc = torch.where(rows[:, None, None], x_sc, torch.zeros_like(x_sc))
         return x_sc
 
     # ---- loss and bound ------------------------------------------------------------------------
-    def diffusion_term(self, x: torch.Tensor, x0_hat: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The bound's diffusion term per sequence (B,), summed over positions and dims."""
-        err = (x - x0_hat).float().square().sum(dim=(1, 2))                    # (B,)
+    def diffusion_term(self, x: torch.Tensor, x0_hat: torch.Tensor, t: torch.Tensor,
+                       valid: torch.Tensor | None = None) -> torch.Tensor:
+        """The bound's diffusion term per sequence (B,), summed over (real) positions and dims."""
+        err = _real_sum((x - x0_hat).float().square().sum(dim=-1), valid)      # (B,)
         td = t.double()
         if self.cfg.time == "continuous":
             w = -0.5 * self.schedule.dsnr(td)                                   # −½ SNR'(t) ≥ 0
@@ -273,30 +282,34 @@ class EmbeddingProcess(Process):
             w = 0.5 * T * (self.schedule.snr(td - 1.0 / T) - self.schedule.snr(td))
         return w.float() * err
 
-    def prior_term(self, x: torch.Tensor) -> torch.Tensor:
-        """KL(N(√ᾱ_1 x, 1 − ᾱ_1) ‖ N(0, 1)) summed over positions and dims: (B,)."""
+    def prior_term(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """KL(N(√ᾱ_1 x, 1 − ᾱ_1) ‖ N(0, 1)) summed over (real) positions and dims: (B,)."""
         a1 = float(self.schedule.alpha_bar(torch.tensor(1.0, dtype=torch.float64)))
         kl = 0.5 * (a1 * x.float().square() - a1 - torch.log1p(torch.tensor(-a1)))
-        return kl.sum(dim=(1, 2))
+        return _real_sum(kl.sum(dim=-1), valid)
 
-    def decoder_term(self, x: torch.Tensor, w: torch.Tensor, e: torch.Tensor, generator=None) -> torch.Tensor:
-        """−log p(w | z_0) with z_0 ~ q(z_0 | x) and the Gaussian decoder, summed over positions: (B,)."""
+    def decoder_term(self, x: torch.Tensor, w: torch.Tensor, e: torch.Tensor, generator=None,
+                     valid: torch.Tensor | None = None) -> torch.Tensor:
+        """−log p(w | z_0) with z_0 ~ q(z_0 | x) and the Gaussian decoder, summed over (real)
+        positions: (B,)."""
         a0 = float(self.schedule.alpha_bar(torch.tensor(0.0, dtype=torch.float64)))
         z0 = a0 ** 0.5 * x + (1 - a0) ** 0.5 * torch.randn(x.shape, device=x.device, generator=generator)
         logits = -sq_dist(z0.float(), a0 ** 0.5 * e.float()) / (2 * (1 - a0))                                           # (B, L, V)
-        return F.cross_entropy(logits.transpose(1, 2), w, reduction="none").sum(dim=1)
+        return _real_sum(F.cross_entropy(logits.transpose(1, 2), w, reduction="none"), valid)
 
-    def loss(self, model: nn.Module, x0: torch.Tensor) -> LossOutput:
+    def loss(self, model: nn.Module, x0: torch.Tensor, valid: torch.Tensor | None = None) -> LossOutput:
+        check_valid(x0, valid)
         cfg, net = self.cfg, model
         B, L = x0.shape
+        n = L if valid is None else valid.sum(dim=1)                            # real tokens (B,)
         x = unwrap(net).clean_latents(x0)                                       # (B, L, d)
         t, weight = self._sample_t(net, B, x0.device, t_min=cfg.train_t_min)
         z, eps = self.noisy(x, t)
         rows = torch.rand(B, device=x0.device) < cfg.self_cond_prob
-        out, x0_hat, logits = self.predict(net, z, t, self.self_condition(net, z, t, rows))
+        out, x0_hat, logits = self.predict(net, z, t, self.self_condition(net, z, t, rows, valid), valid)
         metrics: dict[str, float] = {}
         total = torch.zeros((), device=x0.device)
-        h = self.diffusion_term(x, x0_hat, t) / L                               # (B,) per token
+        h = self.diffusion_term(x, x0_hat, t, valid) / n                        # (B,) per real token
         sampler = unwrap(net).time_sampler
         if sampler is not None:
             sampler.update(t, h)
@@ -308,15 +321,16 @@ class EmbeddingProcess(Process):
             else:
                 kind = cfg.parameterization if cfg.diffusion_loss == "simple" else cfg.diffusion_loss
                 err = (self._as(kind, out, x0_hat, z, t) - self._target(kind, x, eps, t)).square()
-                mse = (weight * err.mean(dim=(1, 2))).mean()
+                mse = (weight * real_mean(err.mean(dim=-1), valid)).mean()
             total = total + cfg.mse_weight * mse
             metrics["mse"] = mse.item()
         if cfg.anchor_weight > 0:
-            anchor = self.anchor_loss(net, x0_hat, x, x0)
+            anchor = self.anchor_loss(net, x0_hat, x, x0, valid)
             total = total + cfg.anchor_weight * anchor
             metrics["anchor"] = anchor.item()
         if cfg.rounding_weight > 0:
-            ce = F.cross_entropy(logits.transpose(1, 2), x0)
+            ce = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none")  # (B, L)
+            ce = ce.mean() if valid is None else ce[valid].mean()
             total = total + cfg.rounding_weight * ce
             metrics["round_ce"] = ce.item()
         metrics["latent_rms"] = x.detach().square().mean().sqrt().item()
@@ -344,7 +358,7 @@ class EmbeddingProcess(Process):
         return a.sqrt() * eps - (1 - a).sqrt() * x                             # v
 
     def anchor_loss(self, net: EmbeddingDenoiser, x0_hat: torch.Tensor, x: torch.Tensor,
-                    w: torch.Tensor) -> torch.Tensor:
+                    w: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Note 001's anchor: distance of the denoised latents to the clean ones (or of U·x̂0 to E_w)."""
         if self.cfg.anchor_target == "embedding":
             core = unwrap(net)
@@ -352,20 +366,24 @@ class EmbeddingProcess(Process):
         else:
             pred, anchor = x0_hat, x.detach()
         if self.cfg.anchor_metric == "cosine":
-            return (1.0 - F.cosine_similarity(pred, anchor, dim=-1)).mean()
-        return (pred - anchor).square().sum(dim=-1).mean()
+            dist = 1.0 - F.cosine_similarity(pred, anchor, dim=-1)                # (B, L)
+        else:
+            dist = (pred - anchor).square().sum(dim=-1)
+        return dist.mean() if valid is None else dist[valid].mean()
 
-    def nelbo(self, model: nn.Module, x0: torch.Tensor, generator=None) -> torch.Tensor:
+    def nelbo(self, model: nn.Module, x0: torch.Tensor, generator=None,
+              valid: torch.Tensor | None = None) -> torch.Tensor:
+        check_valid(x0, valid)
         net = model
-        L = x0.shape[1]
+        n = x0.shape[1] if valid is None else valid.sum(dim=1)                  # real tokens (B,)
         x = net.clean_latents(x0)
         e = net.latents()
         t, weight = self._sample_t(net, x0.shape[0], x0.device, generator)
         z, _ = self.noisy(x, t, generator)
-        x0_hat = self.predict(net, z, t, self.self_condition(net, z, t))[1]
-        total = (self.decoder_term(x, x0, e, generator) + self.prior_term(x)
-                 + weight * self.diffusion_term(x, x0_hat, t))
-        return total / L
+        x0_hat = self.predict(net, z, t, self.self_condition(net, z, t, valid=valid), valid)[1]
+        total = (self.decoder_term(x, x0, e, generator, valid) + self.prior_term(x, valid)
+                 + weight * self.diffusion_term(x, x0_hat, t, valid))
+        return total / n
 
     # ---- sampling ------------------------------------------------------------------------------
     def prior(self, shape, device, generator=None) -> torch.Tensor:

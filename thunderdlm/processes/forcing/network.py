@@ -110,9 +110,10 @@ class DiffusionForcingNet(nn.Module):
         return F.layer_norm(table, (table.shape[-1],))
 
     # ---- the network ----------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, level: torch.Tensor, *, return_table: bool = False):
-        """x: (B, L, D) noisy embeddings, level: (B, L) real noise levels (−1 = clean)
-        → (B, L, D) float32 model output [, (V, D) decoding table]."""
+    def forward(self, x: torch.Tensor, level: torch.Tensor, *, return_table: bool = False,
+                valid: torch.Tensor | None = None):
+        """x: (B, L, D) noisy embeddings, level: (B, L) real noise levels (−1 = clean), valid (B, L)
+        bool key-padding mask or None → (B, L, D) float32 model output [, (V, D) decoding table]."""
         k = level.float()
         if self.level_mlp is None:
             h = x + self.level_embed(k)                                         # (B, L, D)
@@ -120,7 +121,8 @@ class DiffusionForcingNet(nn.Module):
             h = self.level_mlp(torch.cat([x, self.level_embed(k).to(x.dtype)], dim=-1))
         if self.input_scale != 1.0:
             h = h * self.input_scale
-        out = self.backbone(None, k, causal=True, inputs_embeds=h)              # (B, L, D)
+        padding = {} if valid is None else {"valid": valid}
+        out = self.backbone(None, k, causal=True, inputs_embeds=h, **padding)   # (B, L, D)
         if return_table:
             return out, self.token_table()
         return out

@@ -75,7 +75,7 @@ from torch import nn
 from thunderdlm.config import check, param
 from thunderdlm.errors import ConfigError
 from thunderdlm.processes.autoregressive import AutoregressiveConfig, AutoregressiveProcess
-from thunderdlm.processes.base import LossOutput, Process, StepContext, StepOutput
+from thunderdlm.processes.base import LossOutput, Process, StepContext, StepOutput, check_valid, pad_kwargs
 from thunderdlm.processes.config import ProcessConfig
 from thunderdlm.processes.forcing.diffusion import ForcingDiffusion
 from thunderdlm.processes.base import unwrap
@@ -253,9 +253,10 @@ class ForcingProcess(Process):
                                    self.cfg.input_scale)
 
     # ---- training ------------------------------------------------------------------------------------
-    def loss(self, model: nn.Module, x0: torch.Tensor) -> LossOutput:
+    def loss(self, model: nn.Module, x0: torch.Tensor, valid: torch.Tensor | None = None) -> LossOutput:
+        check_valid(x0, valid)
         if not self.df:
-            return self.ar.loss(model, x0)
+            return self.ar.loss(model, x0, valid)
         cfg, dif = self.cfg, self.diffusion
         B, L = x0.shape
         net = unwrap(model)
@@ -265,9 +266,11 @@ class ForcingProcess(Process):
         eps = dif.noise(e.shape, e.device)                                      # clamped ε
         xk = dif.q_sample(e, k, eps)
         inp, fed = dif.network_input(xk, k, ddpm=self.sampling_is_ddpm)         # stabilization
-        out, table = model(inp, fed, return_table=True)                         # (B, L, D), (V, D)
+        out, table = model(inp, fed, return_table=True, **pad_kwargs(valid))    # (B, L, D), (V, D)
         pred = dif.predictions(out, inp, fed, table)
         noisy = k >= 0                                                          # context: no loss
+        if valid is not None:
+            noisy = noisy & valid                                               # padding: no loss
         n = noisy.sum().clamp(min=1)
         w = torch.where(noisy, dif.loss_weights(k), 0.0).float()                # (B, L)
         err = ((pred.out - dif.target(e, k, eps)) ** 2).mean(-1)                # (B, L)
@@ -305,9 +308,11 @@ class ForcingProcess(Process):
 
     @torch.no_grad()
     def nelbo(self, model: nn.Module, x0: torch.Tensor,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+              generator: torch.Generator | None = None,
+              valid: torch.Tensor | None = None) -> torch.Tensor:
+        check_valid(x0, valid)
         if not self.df:
-            return self.ar.nelbo(model, x0)
+            return self.ar.nelbo(model, x0, valid=valid)
         net, t, dif = unwrap(model), self.tables, self.diffusion
         B, L = x0.shape
         T, Sb = self.cfg.timesteps, self.bound_timesteps
@@ -323,7 +328,7 @@ class ForcingProcess(Process):
         state = torch.where(k_from.unsqueeze(-1) >= 0, dif.q_sample(e, k_from, eps), e)
         inp, fed = dif.network_input(state, k_from, ddpm=Sb == T - r, generator=generator)
         table = net.token_table()
-        pred = dif.predictions(net(inp, fed), inp, fed, table)
+        pred = dif.predictions(net(inp, fed, **pad_kwargs(valid)), inp, fed, table)
         err = ((e - pred.x0) ** 2).sum(-1).double()                             # (B, L)
         # KL(q(x_k'|x_k, x0) ‖ p_θ) with the ancestral variance = ½(snr_k' − snr_k)·‖x0 − x̂0‖²
         gain = (t.gather("snr", k_to.clamp(min=0), 0.0) - t.gather("snr", k_from.clamp(min=0), 0.0))
@@ -336,7 +341,10 @@ class ForcingProcess(Process):
         ab = t.gather("alphas_cumprod", torch.full_like(x0, T - 1), 1.0)        # (B, L) ᾱ_{T−1}
         D = e.shape[-1]
         prior = 0.5 * (ab * (e.double() ** 2).sum(-1) - D * (ab + torch.log1p(-ab)))
-        return ((R * term.sum(1) + prior.sum(1)) / L).float()
+        if valid is None:
+            return ((R * term.sum(1) + prior.sum(1)) / L).float()
+        v = valid.double()                                                      # padding: no term
+        return ((R * (term * v).sum(1) + (prior * v).sum(1)) / v.sum(1)).float()
 
     # ---- sampling ------------------------------------------------------------------------------------
     def prior(self, shape, device, generator=None) -> torch.Tensor:
