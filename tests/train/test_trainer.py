@@ -141,8 +141,12 @@ def test_training_reduces_loss_and_eval_runs(tiny_config, tmp_path):
     Trainer(cfg, tmp_path / "r", show=False).fit()
     rows = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "val_nelbo" in r]
-    vocab = thunderdlm.load(tmp_path / "r").tokenizer.vocab_size
+    lm = thunderdlm.load(tmp_path / "r")
+    vocab = lm.tokenizer.vocab_size
     assert len(evals) == 2
-    # a zero-initialised DDiT starts at exactly log V (uniform over the vocabulary)
-    assert evals[1]["val_nelbo"] < evals[0]["val_nelbo"] < math.log(vocab) - 0.3
-    assert all(math.isfinite(r["val_se"]) for r in evals)
+    assert all(math.isfinite(r["val_nelbo"]) and math.isfinite(r["val_se"]) for r in evals)
+    # the periodic evals take one t per window (standard error ~0.5 nats here), too noisy to rank
+    # two of them; the trained model's bound over the whole split with 16 t-samples is well below
+    # log V, where a zero-initialised DDiT starts (uniform over the vocabulary)
+    res = lm.evaluate(t_samples=16)
+    assert res["nats_per_token"] + 3 * res["stderr"] < math.log(vocab) - 0.3, res
