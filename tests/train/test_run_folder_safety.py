@@ -19,9 +19,9 @@ from thunderdlm.train.trainer import StopRequest
 from .test_trainer import losses, run_until_killed
 
 
-def sigint_during_step(trainer, step, times=1, apart=0.0):
-    """Send real SIGINTs to this process from inside the loss of ``step`` (mid-step), ``apart``
-    seconds apart."""
+def sigint_during_step(trainer, step, times=1, apart=0.0, sig=signal.SIGINT):
+    """Send real signals (SIGINT unless ``sig``) to this process from inside the loss of ``step``
+    (mid-step), ``apart`` seconds apart."""
     real = trainer.process.loss
 
     def loss(model, x0):
@@ -30,7 +30,7 @@ def sigint_during_step(trainer, step, times=1, apart=0.0):
             for i in range(times):
                 if i:
                     time.sleep(apart)
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), sig)
         return out
     trainer.process.loss = loss
 
@@ -48,6 +48,31 @@ def test_ctrl_c_then_resume_gives_the_same_losses(tiny_config, tmp_path):
     assert sorted(b) == list(range(1, 13))
     for step in range(1, 13):
         assert a[step] == b[step], f"step {step}: {a[step]} != {b[step]}"
+
+
+def test_sigterm_stops_at_a_step_boundary_and_resumes_exactly(tiny_config, tmp_path):
+    """A scheduler's SIGTERM (SLURM preemption, ``kill PID``) is a stop request like Ctrl-C."""
+    cfg = tiny_config(max_steps=12, ckpt_interval=5)
+    Trainer(cfg, tmp_path / "ref", show=False).fit()
+    trainer = Trainer(cfg, tmp_path / "c", show=False)
+    sigint_during_step(trainer, step=7, sig=signal.SIGTERM)
+    summary = trainer.fit()
+    assert summary.stopped_by == "interrupt" and summary.step == 8
+    assert ck.read_state(ck.latest_checkpoint(tmp_path / "c"))["step"] == 8
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL                  # handler restored
+    resume(tmp_path / "c", show=False)
+    assert losses(tmp_path / "ref") == losses(tmp_path / "c")
+
+
+def test_someone_elses_sigterm_handler_is_left_alone(tiny_config, tmp_path):
+    calls = []
+    previous = signal.signal(signal.SIGTERM, lambda *a: calls.append(a))
+    try:
+        trainer = Trainer(tiny_config(max_steps=12, ckpt_interval=5), tmp_path / "c", show=False)
+        sigint_during_step(trainer, step=7, sig=signal.SIGTERM)
+        assert trainer.fit().step == 12 and len(calls) == 1                    # not a stop request
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_second_ctrl_c_stops_at_once_without_an_inexact_checkpoint(tiny_config, tmp_path):

@@ -60,24 +60,34 @@ def train_step_hooks(model: nn.Module) -> list:
 
 
 class StopRequest:
-    """Ctrl-C during training: the first SIGINT asks the loop to stop at the next step boundary,
-    where the weights, optimiser, RNG and data position belong to the same step, so the checkpoint
-    written then resumes bit-identically (a KeyboardInterrupt raised inside a step would leave the
-    RNG and the data sampler one step ahead of the weights). A second SIGINT interrupts at once;
-    one within ``REPEAT_S`` of the first is the same Ctrl-C (under torchrun the terminal signals every
-    rank and the agent then forwards its own SIGINT to them). Only the main thread can install a signal handler; elsewhere SIGINT stays a KeyboardInterrupt
-    (and where SIGINT is ignored, it stays ignored)."""
+    """Ctrl-C (SIGINT) or SIGTERM during training: the first asks the loop to stop at the next
+    step boundary, where the weights, optimiser, RNG and data position belong to the same step, so
+    the checkpoint written then resumes bit-identically (a KeyboardInterrupt raised inside a step
+    would leave the RNG and the data sampler one step ahead of the weights). SIGTERM is what a
+    scheduler sends before it kills a job (SLURM preemption, a container stop, ``kill PID``).
+    A second signal interrupts at once; one within ``REPEAT_S`` of the first is the same request
+    (under torchrun the terminal signals every rank and the agent then forwards its own). Only the
+    main thread can install a signal handler; elsewhere SIGINT stays a KeyboardInterrupt and
+    SIGTERM ends the process. A signal that is ignored stays ignored, and a SIGTERM handler that
+    someone else installed is left alone."""
 
     REPEAT_S = 2.0
+    SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
     def __init__(self, note):
-        self.requested, self._note, self._previous, self._first = False, note, None, 0.0
+        self.requested, self._note, self._first = False, note, 0.0
+        self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "StopRequest":
-        # not where SIGINT is ignored (a background job of a script, nohup-like launchers)
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in self.SIGNALS:
+            current = signal.getsignal(sig)
+            # not where it is ignored (a background job of a script, nohup-like launchers), and
+            # SIGTERM only where nobody else handles it
+            if current is signal.SIG_IGN or (sig == signal.SIGTERM and current is not signal.SIG_DFL):
+                continue
+            self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -86,12 +96,14 @@ class StopRequest:
                 raise KeyboardInterrupt
             return
         self.requested, self._first = True, time.monotonic()
-        self._note("Ctrl-C: stopping after this step and saving a checkpoint "
-                   "(Ctrl-C again to stop at once, without one)")
+        name = self.SIGNALS.get(signum, f"signal {signum}")
+        self._note(f"{name}: stopping after this step and saving a checkpoint "
+                   f"({name} again to stop at once, without one)")
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
 
 # ---- optimiser and schedule ------------------------------------------------------------------------
