@@ -51,3 +51,19 @@ def oracle_model():
 @pytest.fixture
 def random_model():
     return RandomModel
+
+
+ROMEO = ("ROMEO:\nBut, soft! what light through yonder window breaks?\n"
+         "It is the east, and Juliet is the sun.\n\n") * 60
+
+
+@pytest.fixture(scope="module")
+def romeo_root(tmp_path_factory):
+    """A folder with ``corpus.txt`` (a short Shakespeare passage, repeated) prepared by the CLI into
+    ``data/`` (char tokenizer): the corpus of the CLI-level tests, one per test module."""
+    from thunderdlm.cli import main
+
+    root = tmp_path_factory.mktemp("romeo")
+    (root / "corpus.txt").write_text(ROMEO)
+    assert main(["data", "prepare", "--text", str(root / "corpus.txt"), "--out", str(root / "data")]) == 0
+    return root

@@ -11,15 +11,9 @@ import thunderdlm
 from thunderdlm.cli import main
 from thunderdlm.errors import CheckpointError, SamplingError
 
-TEXT = ("ROMEO:\nBut, soft! what light through yonder window breaks?\n"
-        "It is the east, and Juliet is the sun.\n\n") * 60
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bad")
-    (root / "corpus.txt").write_text(TEXT)
-    assert main(["data", "prepare", "--text", str(root / "corpus.txt"), "--out", str(root / "data")]) == 0
+def run(romeo_root):
+    root = romeo_root
     assert main(["train", "quickstart", "--quiet", f"data.dir={root / 'data'}", "data.seq_len=32",
                  "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.cond_dim=16",
                  "train.batch_size=8", "train.max_steps=3", "train.eval_interval=0",

@@ -5,15 +5,9 @@ import pytest
 
 from thunderdlm.cli import main
 
-TEXT = ("ROMEO:\nBut, soft! what light through yonder window breaks?\n"
-        "It is the east, and Juliet is the sun.\n\n") * 60
-
-
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    (root / "corpus.txt").write_text(TEXT)
-    assert main(["data", "prepare", "--text", str(root / "corpus.txt"), "--out", str(root / "data")]) == 0
+def workspace(romeo_root):
+    root = romeo_root
     cfg = root / "tiny.yaml"
     cfg.write_text(f"""
 data: {{dir: {root / 'data'}, seq_len: 32}}
