@@ -13,7 +13,10 @@ import torch
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Set logits outside the top-k / nucleus to −inf. ``logits``: (..., V)."""
+    """Set logits outside the top-k / nucleus of ``softmax(logits)`` to −inf. ``logits``: (..., V).
+
+    Top-k first, then top-p on what top-k kept (transformers' ``TopKLogitsWarper`` then
+    ``TopPLogitsWarper``); give already-tempered logits (``warp_logits`` does both)."""
     if top_k and 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -27,6 +30,14 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def warp_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                top_p: float = 1.0) -> torch.Tensor:
+    """Logits of the distribution to sample from, in transformers' (and vLLM's) order: divide by
+    the temperature, keep the top-k, then the nucleus of the *tempered* distribution
+    softmax(logits / T) (so T changes which tokens top-p keeps). ``temperature > 0``; (..., V)."""
+    return filter_logits(logits / temperature, top_k, top_p)
+
+
 def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw one index per row of (..., V) non-negative weights."""
     u = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=torch.float64)
@@ -36,9 +47,9 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
 
 def draw_tokens(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Sample (or take the argmax when ``temperature == 0``) from filtered logits (..., V)."""
-    logits = filter_logits(logits, top_k, top_p)
+    """Sample from ``warp_logits(logits)`` (temperature → top-k → top-p); greedy (the argmax of the
+    raw logits, which no filter changes) when ``temperature == 0``. logits (..., V) -> (...)."""
     if temperature <= 0.0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.double() / temperature, dim=-1)
+    probs = torch.softmax(warp_logits(logits.double(), temperature, top_k, top_p), dim=-1)
     return sample_categorical(probs, generator)

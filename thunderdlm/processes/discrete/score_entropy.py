@@ -58,7 +58,7 @@ from thunderdlm.processes.config import ProcessConfig
 from thunderdlm.processes.discrete.graphs import GRAPHS, build_graph
 from thunderdlm.processes.discrete.masked import stratified_times
 from thunderdlm.processes.discrete.schedules import Geometric, LogLinear, Schedule
-from thunderdlm.categorical import draw_tokens, filter_logits, sample_categorical
+from thunderdlm.categorical import draw_tokens, sample_categorical, warp_logits
 
 NOISES = ("loglinear", "geometric")
 PREDICTORS = ("euler", "analytic")
@@ -109,19 +109,20 @@ def build_noise(cfg: ScoreEntropyConfig) -> Schedule:
 
 
 def shape_jumps(probs: torch.Tensor, x: torch.Tensor, opts: SampleOptions) -> torch.Tensor:
-    """Apply top-k / top-p / temperature to where each position jumps (y ≠ x), keeping the
-    probability of staying at x and the total mass of jumping. probs (B, L, D) ≥ 0 unnormalised."""
+    """Apply temperature → top-k → top-p (``warp_logits``) to where each position jumps (y ≠ x),
+    keeping the probability of staying at x and the total mass of jumping. probs (B, L, D) ≥ 0
+    unnormalised."""
     if opts.temperature == 1.0 and opts.top_k == 0 and opts.top_p >= 1.0:
         return probs
     idx = x.unsqueeze(-1)
     stay = probs.gather(-1, idx)
     jump = probs.clamp_min(0.0).scatter(-1, idx, 0.0)
     mass = jump.sum(-1, keepdim=True)
-    logits = filter_logits(torch.log(jump), opts.top_k, opts.top_p)
+    logits = torch.log(jump)
     if opts.temperature <= 0:
         shaped = torch.nn.functional.one_hot(logits.argmax(-1), probs.shape[-1]).to(probs.dtype)
     else:
-        shaped = torch.softmax(logits / opts.temperature, dim=-1)
+        shaped = torch.softmax(warp_logits(logits, opts.temperature, opts.top_k, opts.top_p), dim=-1)
     shaped = torch.where(mass > 0, shaped * mass, torch.zeros_like(shaped))
     return shaped.scatter(-1, idx, stay)
 

@@ -87,7 +87,7 @@ from thunderdlm.processes.discrete.commit import decided_positions, select_confi
 from thunderdlm.processes.config import ProcessConfig
 from thunderdlm.processes.discrete.masked import stratified_times
 from thunderdlm.processes.discrete.schedules import SCHEDULES, build_schedule
-from thunderdlm.categorical import draw_tokens, filter_logits, sample_categorical
+from thunderdlm.categorical import draw_tokens, sample_categorical, warp_logits
 
 TIME_MODES = ("continuous", "discrete")
 LOSSES = ("nelbo", "ce", "hybrid")
@@ -309,12 +309,11 @@ class UniformProcess(Process):
         a_t, a_s = self.alpha(t), self.alpha(s)
         logits = model(x, self.conditioning(torch.full_like(t, self._condition_time(ctx.t)))).float()
         ctx.nfe += 1
-        # ancestral draw x_s ~ p_θ(x_s | x_t) with the filtered / tempered prediction
-        shaped = filter_logits(logits, opts.top_k, opts.top_p)
+        # ancestral draw x_s ~ p_θ(x_s | x_t) with the tempered / filtered prediction
         if opts.temperature <= 0:
-            shaped = torch.where(F.one_hot(shaped.argmax(-1), self.vocab_size).bool(), 0.0, float("-inf"))
+            shaped = torch.where(F.one_hot(logits.argmax(-1), self.vocab_size).bool(), 0.0, float("-inf"))
         else:
-            shaped = shaped / opts.temperature
+            shaped = warp_logits(logits, opts.temperature, opts.top_k, opts.top_p)
         probs = posterior(self._mixture_weights(shaped, x, a_t), x, a_t, a_s)
         x_s = sample_categorical(probs, ctx.generator)
         x0_logits = self.x0_logits(logits, x, a_t)
