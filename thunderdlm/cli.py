@@ -72,7 +72,8 @@ def cmd_sample(args) -> int:
     kwargs = dict(infill=args.infill, length=args.length, n=args.n, steps=args.steps, seed=args.seed,
                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                   remasking=args.remasking, block_length=args.block_length,
-                  threshold=args.threshold, max_new_tokens=args.max_new_tokens, stop=args.stop)
+                  threshold=args.threshold, max_new_tokens=args.max_new_tokens, stop=args.stop,
+                  cfg_scale=args.cfg_scale, do_sample=False if args.greedy else None)
     if args.live:
         with Crystallizer(lm.token_str, lm.process.noise_token_id) as live:
             texts, res = lm.sample(args.prompt, callback=live, **kwargs)
@@ -287,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "stops early at the tokenizer's EOS or a --stop string")
     sa.add_argument("--stop", action="append", default=None, metavar="TEXT",
                     help="stop string for --max-new-tokens (repeatable)")
+    sa.add_argument("--greedy", action="store_true",
+                    help="greedy decoding (transformers' do_sample=False): temperature 0 and, unless "
+                         "--seed is given, seed 0 for the rest, so the same command gives the same text")
+    sa.add_argument("--cfg-scale", type=float, default=0.0, metavar="W",
+                    help="LLaDA's classifier-free guidance: logits u + (W+1)(c - u) with the prompt "
+                         "masked in the unconditional pass u (masked, block, SEDD absorb; 0 = off)")
     sa.add_argument("--live", action="store_true", help="show the first sample crystallising step by step")
     sa.add_argument("--json", action="store_true", help="print JSON")
     sa.add_argument("--checkpoint", default=None, help="checkpoint folder name (default: latest)")

@@ -55,8 +55,11 @@ def _text(name: str, value) -> None:
 
 def check_sample_args(*, steps=64, n=1, length=None, max_new_tokens=None, seed=None, temperature=1.0,
                       top_k=0, top_p=1.0, block_length=None, threshold=None, prompt=None,
-                      infill=None, stop=None) -> None:
-    """SamplingError naming the first bad argument (and its CLI flag); nothing else is done."""
+                      infill=None, stop=None, cfg_scale=0.0, do_sample=None) -> None:
+    """SamplingError naming the first bad argument (and its CLI flag); nothing else is done.
+
+    ``prompt`` may be a list of strings (a batch of prompts); ``do_sample`` None, True or False
+    (transformers' switch: False is greedy decoding, True needs a temperature > 0)."""
     _int("steps", steps, 1, MAX_STEPS, cap=" (the cap is THUNDERDLM_MAX_STEPS)")
     _int("n", n, 1)
     for name, value in (("length", length), ("block_length", block_length)):
@@ -72,7 +75,18 @@ def check_sample_args(*, steps=64, n=1, length=None, max_new_tokens=None, seed=N
     _float("top_p", top_p, 0.0, 1.0, lo_open=True)
     if threshold is not None:
         _float("threshold", threshold, 0.0, 1.0)
-    _text("prompt", prompt)
+    _float("cfg_scale", cfg_scale, 0.0, 1e6)
+    if do_sample is not None and not isinstance(do_sample, bool):
+        raise _bad("do_sample", f"must be True or False, got {do_sample!r} ({type(do_sample).__name__})")
+    if do_sample and temperature == 0:
+        raise _bad("temperature", "must be > 0 with do_sample=True (greedy decoding is do_sample=False)")
+    if isinstance(prompt, (list, tuple)):
+        if not prompt:
+            raise _bad("prompt", "a list of prompts must hold at least one prompt")
+        for item in prompt:
+            _text("prompt", item)
+    else:
+        _text("prompt", prompt)
     _text("infill", infill)
     stops = [stop] if isinstance(stop, str) or stop is None else stop
     if not isinstance(stops, (list, tuple)):

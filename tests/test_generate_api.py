@@ -1,0 +1,333 @@
+"""``generate()`` in the field's terms: transformers' and LLaDA's arguments for every process, lists
+of prompts, stop strings / EOS, classifier-free guidance, and ``loglikelihood``, on tiny runs."""
+import json
+import math
+
+import pytest
+import torch
+
+import thunderdlm
+from thunderdlm.errors import SamplingError
+from thunderdlm.run_config import RunConfig
+from thunderdlm.sampling.guidance import Guided
+from thunderdlm.train import Trainer
+
+TEXT = "to be or not to be, that is the question.\n"
+GPT = {"name": "gpt", "causal": True, "pos_emb": "learned"}
+PROCESSES = {        # name: (process, backbone, training steps)
+    "masked": ({"name": "masked"}, {"name": "ddit"}, 300),
+    "block": ({"name": "block", "block_size": 4}, {"name": "ddit"}, 2),
+    "uniform": ({"name": "uniform"}, {"name": "ddit"}, 2),
+    "sedd_absorb": ({"name": "score_entropy", "graph": "absorb"}, {"name": "ddit"}, 2),
+    "sedd_uniform": ({"name": "score_entropy", "graph": "uniform", "noise": "geometric"},
+                     {"name": "ddit"}, 2),
+    "embedding": ({"name": "embedding"}, {"name": "ddit"}, 2),
+    "forcing": ({"name": "forcing"}, {"name": "gpt", "causal": True}, 2),
+    "autoregressive": ({"name": "autoregressive"}, GPT, 150),
+}
+GUIDED = ("masked", "block", "sedd_absorb")        # the processes with a mask token
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from thunderdlm.data import prepare_data
+    root = tmp_path_factory.mktemp("genapi")
+    (root / "c.txt").write_text(TEXT * 200)
+    data = prepare_data(root / "d", source=None, paths=[str(root / "c.txt")], tokenizer="char")
+    out = {}
+    for name, (process, model, steps) in PROCESSES.items():
+        cfg = RunConfig.from_data({
+            "data": {"dir": str(data), "seq_len": 32}, "process": process,
+            "model": {**model, "n_layer": 1, "n_head": 2, "n_embd": 16, "cond_dim": 16},
+            "train": {"batch_size": 16, "max_steps": steps, "lr": 1e-2, "eval_interval": 0,
+                      "ckpt_interval": steps}})
+        Trainer(cfg, root / name, show=False).fit()
+        out[name] = root / name
+    return out
+
+
+@pytest.fixture(scope="module")
+def lms(runs):
+    return {name: thunderdlm.load(path) for name, path in runs.items()}
+
+
+# ---- the transformers call pattern -----------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(PROCESSES))
+def test_transformers_call_pattern_greedy_is_deterministic(lms, name):
+    lm = lms[name]
+    a = lm.generate("to be", max_new_tokens=8, num_return_sequences=2, do_sample=False, steps=8)
+    b = lm.generate("to be", max_new_tokens=8, num_return_sequences=2, do_sample=False, steps=8)
+    assert a == b and len(a) == 2
+    assert all(t.startswith("to be") and 5 < len(t) <= 13 for t in a)
+
+
+@pytest.mark.parametrize("name", ["masked", "block", "autoregressive"])
+def test_greedy_is_temperature_zero_and_do_sample_true_samples(lms, name):
+    lm = lms[name]
+    greedy = lm.generate("to be", max_new_tokens=8, n=2, do_sample=False, steps=8, seed=4)
+    assert greedy == lm.generate("to be", max_new_tokens=8, n=2, temperature=0.0, steps=8, seed=4)
+    sampled = [lm.generate("to be", max_new_tokens=8, n=2, do_sample=True, temperature=1.5,
+                           steps=8, seed=s) for s in (1, 2)]
+    assert sampled[0] != sampled[1]
+
+
+def test_llada_names_are_ours(lms):
+    lm = lms["masked"]
+    llada = lm.generate("to be", gen_length=8, steps=8, block_length=4, temperature=0.0,
+                        remasking="low_confidence", cfg_scale=0.0, seed=0)
+    ours = lm.generate("to be", max_new_tokens=8, steps=8, block_length=4, temperature=0.0,
+                       remasking="random", seed=0)
+    assert llada == lm.generate("to be", max_new_tokens=8, steps=8, block_length=4,
+                                temperature=0.0, remasking="low_confidence", seed=0)
+    assert len(llada[0]) == len(ours[0]) == 13
+    assert lm.generate("to be", max_new_tokens=6, stop_strings=["q"], n=2, seed=1) == \
+        lm.generate("to be", max_new_tokens=6, stop="q", num_return_sequences=2, seed=1)
+
+
+@pytest.mark.parametrize("kwargs, names", [
+    (dict(max_new_tokens=8, gen_length=9), ("max_new_tokens", "gen_length")),
+    (dict(max_new_tokens=8, n=2, num_return_sequences=3), ("'n'", "num_return_sequences")),
+    (dict(max_new_tokens=8, stop=["a"], stop_strings=["b"]), ("'stop'", "stop_strings")),
+    (dict(max_new_tokens=8, do_sample="no"), ("do_sample",)),
+    (dict(max_new_tokens=8, do_sample=True, temperature=0.0), ("temperature", "do_sample=False")),
+    (dict(max_new_tokens=8, cfg_scale=-1.0), ("cfg_scale",)),
+    (dict(max_new_tokens=8, cfg_scale=float("nan")), ("cfg_scale",)),
+    (dict(max_new_tokens=8, remasking="low_conf"), ("remasking",)),
+])
+def test_bad_or_conflicting_arguments_are_named(lms, kwargs, names):
+    with pytest.raises(SamplingError) as err:
+        lms["masked"].generate("to be", **kwargs)
+    assert all(n in str(err.value) for n in names)
+
+
+def test_agreeing_aliases_are_accepted(lms):
+    texts = lms["masked"].generate("to be", max_new_tokens=4, gen_length=4, n=2,
+                                   num_return_sequences=2, seed=0)
+    assert len(texts) == 2 and all(len(t) == 9 for t in texts)
+
+
+# ---- stopping --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["masked", "block", "autoregressive", "uniform"])
+def test_stop_string_cuts_the_same_text(lms, name):
+    lm = lms[name]
+    kw = dict(max_new_tokens=12, n=1, steps=12, seed=3, remasking="low_confidence")
+    (full,) = lm.generate("to be", **kw)
+    stop = full[5 + 2]                                        # the third generated character
+    (cut,) = lm.generate("to be", stop=[stop, "\x00never"], **kw)
+    assert cut == full[:5 + full[5:].index(stop)]
+
+
+def test_eos_ends_the_text(lms, monkeypatch):
+    lm = lms["autoregressive"]
+    kw = dict(max_new_tokens=12, steps=12, seed=3, n=2)
+    full = lm.generate("to be", **kw)
+    eos = lm.tokenizer.encode(full[0][7])[0]
+    monkeypatch.setattr(lm.tokenizer, "eos_id", eos)
+    cut = lm.generate("to be", **kw)
+    ch = lm.tokenizer.decode([eos])
+    for f, c in zip(full, cut):
+        assert c == f[:5 + f[5:].index(ch)] if ch in f[5:] else c == f
+
+
+# ---- lists of prompts ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["masked", "block", "autoregressive"])
+def test_a_list_of_prompts_is_prompt_major_and_batch_independent(lms, name):
+    lm = lms[name]
+    prompts = ["to be", "or not to", ""]
+    kw = dict(max_new_tokens=6, num_return_sequences=2, steps=6, seed=5)
+    texts = lm.generate(prompts, **kw)
+    assert len(texts) == 6
+    for i, p in enumerate(prompts):
+        rows = texts[2 * i:2 * i + 2]
+        assert all(t.startswith(p) and len(t) == len(p) + 6 for t in rows)
+        assert lm.generate([p], **kw) == rows                        # alone = in the list
+        assert lm.generate([p, "that is"][::-1], **kw)[2:] == rows   # other mates, other place
+    greedy = lm.generate(prompts, max_new_tokens=6, do_sample=False, steps=6)
+    assert greedy == lm.generate(prompts, max_new_tokens=6, do_sample=False, steps=6)
+
+
+def test_a_list_needs_max_new_tokens(lms):
+    with pytest.raises(SamplingError, match="max_new_tokens"):
+        lms["masked"].generate(["to be", "or"], length=5)
+    with pytest.raises(SamplingError, match="prompt"):
+        lms["masked"].generate([], max_new_tokens=5)
+    with pytest.raises(SamplingError, match="prompt"):
+        lms["masked"].generate(["to be", 3], max_new_tokens=5)
+
+
+# ---- classifier-free guidance ----------------------------------------------------------------------
+
+class Toy(torch.nn.Module):
+    """Logits that read the input, sigma and every keyword argument's shape (B rows each)."""
+
+    def __init__(self, V=7):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(V + 1, V, generator=torch.Generator().manual_seed(0)))
+        self.calls = []
+
+    def forward(self, x, sigma=None, **kw):
+        self.calls.append((x.shape[0], {k: getattr(v, "shape", v) for k, v in kw.items()}))
+        out = self.table[x] + self.table[torch.roll(x, 1, 1)].cumsum(1) * 0.1
+        return out if sigma is None else out * (1 + sigma.reshape(x.shape[0], -1)[..., None])
+
+
+def test_guidance_formula_and_scale_zero_is_the_model():
+    torch.manual_seed(0)
+    model, B, L, null = Toy(), 3, 6, 7
+    x = torch.randint(0, 7, (B, L))
+    known = torch.zeros(B, L, dtype=torch.bool)
+    known[:, :2] = True
+    sigma = torch.rand(B)
+    assert torch.equal(Guided(model, known, null, 0.0)(x, sigma), model(x, sigma))
+    w = 1.5
+    cond, uncond = model(x, sigma), model(x.masked_fill(known, null), sigma)
+    got = Guided(model, known, null, w)(x, sigma)
+    assert torch.allclose(got, uncond + (w + 1) * (cond - uncond), atol=1e-6)
+    model.calls.clear()                  # per-row arguments doubled, shared ones kept
+    valid = torch.ones(B, L, dtype=torch.bool)
+    Guided(model, known, null, w)(x[:, :4], sigma, valid=valid[:, :4], attn_mask=torch.ones(4, 4).bool(),
+                                  positions=torch.arange(4))
+    rows, shapes = model.calls[-1]
+    assert rows == 2 * B and shapes["valid"] == (2 * B, 4) and shapes["attn_mask"] == (4, 4)
+    assert shapes["positions"] == (4,)
+
+
+@pytest.mark.parametrize("name", GUIDED)
+def test_cfg_scale_zero_is_unguided_and_guidance_keeps_the_prompt(lms, name):
+    lm = lms[name]
+    kw = dict(max_new_tokens=8, n=2, steps=8, seed=2)
+    plain, res = lm.sample("to be", **kw)
+    zero, res0 = lm.sample("to be", cfg_scale=0.0, **kw)
+    assert plain == zero and torch.equal(res.tokens, res0.tokens)
+    guided, resg = lm.sample("to be", cfg_scale=2.0, **kw)
+    assert all(t.startswith("to be") and len(t) == 13 for t in guided)
+    assert resg.nfe == res.nfe                      # one doubled batch per network evaluation
+
+
+def test_guidance_changes_the_samples_of_a_trained_run(lms):
+    lm = lms["masked"]
+    kw = dict(max_new_tokens=8, n=4, steps=8, seed=2)
+    assert lm.generate("to be or", cfg_scale=3.0, **kw) != lm.generate("to be or", **kw)
+    # a list under guidance: each prompt as alone
+    both = lm.generate(["to be", "that is"], cfg_scale=1.0, **kw)
+    assert both[4:] == lm.generate("that is", cfg_scale=1.0, **kw)
+
+
+@pytest.mark.parametrize("name", ["autoregressive", "uniform", "sedd_uniform", "embedding", "forcing"])
+def test_guidance_without_a_mask_token_is_refused_by_name(lms, name):
+    with pytest.raises(SamplingError, match="cfg_scale.*no mask token"):
+        lms[name].generate("to be", max_new_tokens=4, cfg_scale=1.0)
+
+
+# ---- loglikelihood ---------------------------------------------------------------------------------
+
+def test_autoregressive_loglikelihood_is_the_sum_of_token_log_probs(lms):
+    lm = lms["autoregressive"]
+    ctx, cont = "to be or not", " to be"
+    res = lm.loglikelihood(ctx, cont)
+    ids = lm.tokenizer.encode(ctx + cont)
+    P = len(lm.tokenizer.encode(ctx))
+    by_hand, greedy = 0.0, True
+    with torch.no_grad():
+        for i in range(P, len(ids)):                         # each token from its prefix alone
+            logits = lm.process.logits(lm.model, torch.tensor([ids[:i + 1]]))[0, i].double()
+            by_hand += logits.log_softmax(-1)[ids[i]].item()
+            greedy &= int(logits.argmax()) == ids[i]
+    assert res["exact"] and res["stderr"] == 0 and res["tokens"] == len(ids) - P
+    assert res["loglikelihood"] == pytest.approx(by_hand, abs=1e-5)     # fp32 forwards of other lengths
+    assert res["is_greedy"] == greedy
+
+
+class Positional(torch.nn.Module):
+    """A denoiser that ignores the tokens: position i predicts softmax(table[i]) (SUBS drops the
+    mask's column), so log p(a | c) = Σ_i log q_i(a_i) exactly and the bound is tight."""
+
+    def __init__(self, L, V):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(L, V + 1, generator=torch.Generator().manual_seed(1)))
+
+    def forward(self, x, sigma=None, positions=None, **kw):
+        pos = torch.arange(x.shape[1]) if positions is None else positions
+        return self.table[pos].expand(x.shape[0], -1, -1)
+
+
+@pytest.mark.parametrize("name", ["masked", "block"])
+def test_llada_estimator_is_unbiased_on_an_exact_model(lms, name):
+    from thunderdlm.loglikelihood import conditional_loglikelihood
+    lm = lms[name]
+    V, L = lm.process.vocab_size, 20
+    model = Positional(L, V)
+    x = torch.randint(0, V, (L,), generator=torch.Generator().manual_seed(2)).tolist()
+    P = 7                                               # not on block diffusion's grid of 4
+    q = model.table[:, :V].double().log_softmax(-1)
+    exact = sum(q[i, x[i]].item() for i in range(P, L))
+    res = conditional_loglikelihood(lm.process, model, x[:P], x[P:], mc_num=2048, batch_size=64,
+                                    generator=torch.Generator().manual_seed(0))
+    assert res.tokens == L - P and not res.exact and res.stderr > 0
+    assert abs(res.loglikelihood - exact) < 4 * res.stderr + 1e-9
+
+
+def test_a_perfect_predictor_scores_zero(lms, oracle_model):
+    from thunderdlm.loglikelihood import conditional_loglikelihood
+    lm = lms["masked"]
+    x = torch.randint(0, lm.process.vocab_size, (1, 12), generator=torch.Generator().manual_seed(3))
+    model = oracle_model(x.repeat(16, 1), lm.process.model_vocab_size, confidence=60.0)
+    res = conditional_loglikelihood(lm.process, model, x[0, :5].tolist(), x[0, 5:].tolist(),
+                                    mc_num=64, batch_size=16, generator=torch.Generator().manual_seed(0))
+    assert res.loglikelihood == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", ["masked", "autoregressive"])
+def test_the_context_makes_the_right_continuation_likelier(lms, name):
+    lm = lms[name]
+    right, wrong = lm.loglikelihood([("to be or not to", " be, that"), ("to be or not to", " qqqqqqqq")],
+                                    mc_num=64, batch_size=32)
+    assert right["loglikelihood"] > wrong["loglikelihood"] + 4 * (right["stderr"] + wrong["stderr"])
+    assert right["tokens"] == wrong["tokens"] == 9 and right["context_tokens"] == 15
+    again = lm.loglikelihood("to be or not to", " be, that", mc_num=64, batch_size=32)
+    assert again == right                                                # seeded
+
+
+def test_loglikelihood_splits_like_lm_eval_and_names_bad_input(lms):
+    lm = lms["masked"]
+    res = lm.loglikelihood("to be or ", "not", mc_num=8)      # the space moves to the continuation
+    assert res["tokens"] == 4 and res["context_tokens"] == 8
+    with pytest.raises(SamplingError, match="empty"):
+        lm.loglikelihood("to be", "")
+    with pytest.raises(SamplingError, match="longer than the model's context"):
+        lm.loglikelihood("to be " * 10, "or")
+    with pytest.raises(SamplingError, match="mc_num"):
+        lm.loglikelihood("to be", "or", mc_num=0)
+    with pytest.raises(SamplingError, match="pairs"):
+        lm.loglikelihood([("to be", 3)])
+    with pytest.raises(SamplingError, match="nll"):
+        lms["uniform"].loglikelihood("to be", " or")
+    with pytest.raises(SamplingError, match="cfg_scale"):
+        lms["autoregressive"].loglikelihood("to be", " or", cfg_scale=1.0)
+
+
+def test_guided_loglikelihood_scale_zero_is_unguided(lms):
+    lm = lms["block"]
+    plain = lm.loglikelihood("to be or no", "t to be", mc_num=16, batch_size=8)
+    assert plain == lm.loglikelihood("to be or no", "t to be", mc_num=16, batch_size=8, cfg_scale=0.0)
+    guided = lm.loglikelihood("to be or no", "t to be", mc_num=16, batch_size=8, cfg_scale=1.0)
+    assert math.isfinite(guided["loglikelihood"]) and guided != plain
+
+
+# ---- the CLI ---------------------------------------------------------------------------------------
+
+def test_cli_greedy_and_cfg_scale(runs, capsys):
+    from thunderdlm.cli import main
+    args = ["sample", str(runs["masked"]), "--prompt", "to be", "--max-new-tokens", "8", "--n", "2",
+            "--greedy", "--cfg-scale", "1.5", "--json"]
+    outs = []
+    for _ in range(2):
+        assert main(args) == 0
+        outs.append(json.loads(capsys.readouterr().out)["samples"])
+    assert outs[0] == outs[1] and all(t.startswith("to be") and len(t) == 13 for t in outs[0])
+    assert main(["sample", str(runs["autoregressive"]), "--prompt", "to be", "--max-new-tokens", "4",
+                 "--cfg-scale", "1"]) != 0
+    assert "cfg_scale" in capsys.readouterr().err
