@@ -18,21 +18,30 @@ from thunderdlm.errors import ThunderError
 
 def cmd_data_prepare(args) -> int:
     from thunderdlm.data import TokenData, prepare_data
+    from thunderdlm.data.progress import TokenizeProgress
 
     if args.source and args.text:
         raise ThunderError("give either a named corpus (shakespeare) or --text PATH..., not both")
     source = None if args.text else (args.source or "shakespeare")
     if source not in (None, "shakespeare"):
-        raise ThunderError(f"unknown corpus '{source}': the named corpus is 'shakespeare'; "
-                           "for your own text use --text PATH... (files, folders, .jsonl)")
-    out = args.out or f"data/{source or 'custom'}_{args.tokenizer}"
-    folder = prepare_data(out, source=source, paths=args.text, tokenizer=args.tokenizer,
-                          vocab_size=args.vocab_size, hf_path=args.hf_path,
-                          val_fraction=args.val_fraction, text_field=args.text_field)
+        raise ThunderError(f"unknown corpus '{source}': the named corpus is 'shakespeare'; for your own "
+                           "text use --text PATH... (text, .json/.jsonl/.csv/.parquet, .gz, folders)")
+    if args.tokenizer_from and (args.tokenizer or args.vocab_size or args.hf_path):
+        raise ThunderError("--tokenizer-from reuses a saved tokenizer: drop --tokenizer, --vocab-size "
+                           "and --hf-path")
+    kind = args.tokenizer or "char"
+    name = f"from_{Path(args.tokenizer_from).name}" if args.tokenizer_from else kind
+    out = args.out or f"data/{source or 'custom'}_{name}"
+    with TokenizeProgress(enabled=not args.quiet) as bar:
+        folder = prepare_data(out, source=source, paths=args.text, tokenizer=kind,
+                              vocab_size=args.vocab_size, hf_path=args.hf_path,
+                              val_fraction=args.val_fraction, text_field=args.text_field, split=args.split,
+                              tokenizer_from=args.tokenizer_from, progress=bar.update)
     data = TokenData(folder)
     meta = data.meta
+    documents = f", {meta['documents']:,} documents" if "documents" in meta else ""
     print(f"wrote {folder}: tokenizer {meta.get('tokenizer')} (vocab {data.vocab_size}), "
-          f"{len(data.split('train')):,} train / {len(data.split('val')):,} val tokens")
+          f"{len(data.split('train')):,} train / {len(data.split('val')):,} val tokens{documents}")
     return 0
 
 
@@ -249,14 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="prepare corpora").add_subparsers(dest="data_command", required=True)
     prep = data.add_parser("prepare", help="tokenize a corpus into token bins + tokenizer")
     prep.add_argument("source", nargs="?", help="named corpus: shakespeare (default)")
-    prep.add_argument("--text", nargs="+", help="your own text files, folders, .jsonl files or .json "
-                                                "files (an array of records)")
-    prep.add_argument("--text-field", default="text", help="field holding the text in .jsonl (default: text)")
-    prep.add_argument("--tokenizer", default="char", choices=["char", "bpe", "word", "hf"])
+    prep.add_argument("--text", nargs="+", help="your own data: text files, folders, .jsonl/.json/.csv/.parquet "
+                                                "records (.gz too), folders saved by datasets' save_to_disk")
+    prep.add_argument("--text-field", default="text",
+                      help="field holding the text in records; a dotted path (meta.body) reaches into "
+                           "nested objects (default: text)")
+    prep.add_argument("--split", default=None, help="split of a saved DatasetDict folder (default: train)")
+    prep.add_argument("--tokenizer", default=None, choices=["char", "bpe", "word", "hf"], help="default: char")
+    prep.add_argument("--tokenizer-from", default=None, metavar="RUN_OR_DATA_DIR",
+                      help="reuse the tokenizer of a run or data folder (e.g. to evaluate a run on this "
+                           "corpus with `eval RUN --data OUT`)")
     prep.add_argument("--vocab-size", type=int, default=None, help="bpe/word vocabulary size")
     prep.add_argument("--hf-path", default=None, help="hf tokenizer: a local folder or a .gguf file")
     prep.add_argument("--val-fraction", type=float, default=0.1)
     prep.add_argument("--out", default=None, help="data folder to write (default data/<corpus>_<tokenizer>)")
+    prep.add_argument("--quiet", action="store_true", help="no progress bar")
     prep.set_defaults(func=cmd_data_prepare)
 
     tr = sub.add_parser("train", help="train a model (or --resume a run)")
@@ -303,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="validation NLL bound of a run (and sample quality with --samples)")
     ev.add_argument("run")
-    ev.add_argument("--data", default=None, help="data folder (default: the run's)")
+    ev.add_argument("--data", default=None, help="data folder (default: the run's); another corpus must be "
+                                                  "prepared with the run's tokenizer: data prepare --tokenizer-from RUN")
     ev.add_argument("--windows", type=int, default=0, help="validation windows (0 = the whole split)")
     ev.add_argument("--t-samples", type=int, default=4, help="Monte Carlo t-samples per window")
     ev.add_argument("--batch-size", type=int, default=64)

@@ -100,7 +100,7 @@ def test_json_file_of_records_is_read_by_its_text_field(tmp_path: Path):
 @pytest.mark.parametrize("content, message", [
     ('{"text": "one object"}', "must hold one array of objects"),
     ('["a", "b"]', "must hold one array of objects"),
-    ('[{"text": "a"}, {"body": "b"}]', r"record 1: field 'text' is missing"),
+    ('[{"text": "a"}, {"body": "b"}]', r"record 1: no field 'text'"),
     ('[{"text": 3}]', r"record 0: field 'text' is not a string"),
     ('[{"text": "a"},', "not valid JSON"),
 ])

@@ -21,18 +21,16 @@ def test_prepare_small_corpus(tmp_path: Path, corpus_dir: Path, kind: str):
     assert tok.kind == kind and data.meta["tokenizer"] == kind
     assert data.vocab_size == tok.vocab_size
     documents = read_documents([corpus_dir])
-    separator = "\n\n" if kind == "char" else tok.eos_text
-    text = separator.join(documents)
+    stream = "\0".join(documents)  # the end-of-document mark counts one character
     chars = data.meta["chars"]
-    assert chars["train"] == int(len(text) * 0.9) and chars["train"] + chars["val"] == len(text)
+    assert chars["train"] == int(len(stream) * 0.9) and chars["train"] + chars["val"] == len(stream)
     train_ids = np.asarray(data.split("train"))
     assert len(train_ids) == data.meta["tokens"]["train"] > 0 and len(data.split("val")) > 0
     if kind == "word":  # lossy: compare token sequences instead of text
         assert tok.encode(tok.decode(train_ids)) == train_ids.tolist()
     else:
-        assert tok.decode(train_ids) == text[: chars["train"]]
-    if kind != "char":
-        assert tok.eos_id in train_ids.tolist()  # documents are separated by eos
+        assert tok.decode(train_ids) == stream[: chars["train"]].replace("\0", tok.eos_text)
+    assert train_ids.tolist().count(tok.eos_id) == 1  # two documents: one eos between them
 
 
 def test_prepare_fits_tokenizer_on_train_only(tmp_path: Path):

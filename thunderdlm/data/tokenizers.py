@@ -1,6 +1,7 @@
 """Tokenizers: one small interface, four kinds.
 
-- ``char``: one id per character of the training corpus (Shakespeare: 84 symbols), no specials;
+- ``char``: one id per character of the training corpus (Shakespeare: 84 symbols), plus an
+  end-of-document token ``<|endoftext|>`` when the corpus has several documents;
 - ``bpe``:  byte-level BPE trained with Hugging Face ``tokenizers`` (``<|endoftext|>`` = bos/eos);
 - ``word``: whitespace/punctuation words by frequency with ``<pad> <unk> <start> <end>`` (lossy);
 - ``hf``:   a pretrained tokenizer from a local folder or a GGUF file, via ``transformers``.
@@ -69,6 +70,10 @@ class Tokenizer(ABC):
         """Token ids of ``text`` as an int64 array (subclasses may do this faster)."""
         return np.asarray(self.encode(text), dtype=np.int64)
 
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """Token ids of each text, as int64 arrays (BPE and hf encode a batch in parallel in Rust)."""
+        return [self.encode_array(text) for text in texts]
+
     def token_str(self, token_id: int) -> str:
         """Display form of one token (used for live display while sampling)."""
         return self.decode([token_id])
@@ -117,14 +122,22 @@ class CharTokenizer(Tokenizer):
     There is no ``<unk>``: text with a character outside the vocabulary is *rejected* with a
     TokenizerError listing the characters, rather than silently mapped to a stand-in, because the
     char vocabulary comes from the training corpus and a model has never seen anything else.
+
+    With ``eos=True`` one more id, ``len(chars)``, is the end-of-document token ``<|endoftext|>``:
+    data preparation puts it between documents so a model learns where text ends (and sampling
+    stops there). It is never produced by :meth:`encode` — the characters ``<|endoftext|>`` in a
+    text stay characters — and decodes to its name. A folder saved without it (every char folder
+    before end-of-document tokens existed) loads as before, with ``eos_id = None``.
     """
 
     kind = "char"
+    EOS = "<|endoftext|>"
 
-    def __init__(self, chars: Iterable[str]):
+    def __init__(self, chars: Iterable[str], eos: bool = False):
         self.chars: list[str] = sorted(set(chars))
         if not self.chars or any(not isinstance(c, str) or len(c) != 1 for c in self.chars):
             raise TokenizerError("a char tokenizer needs a non-empty list of single characters")
+        self.eos_id = len(self.chars) if eos else None
         # lookup table over code points: table[ord(c)] = id, -1 for unknown; the last slot
         # (max code point + 1) catches every code point above the vocabulary.
         codes = np.array([ord(c) for c in self.chars], dtype=np.int64)
@@ -132,17 +145,17 @@ class CharTokenizer(Tokenizer):
         self._table[codes] = np.arange(len(codes))
 
     @classmethod
-    def from_text(cls, text: str) -> CharTokenizer:
+    def from_text(cls, text: str, eos: bool = False) -> CharTokenizer:
         if not text:
             raise TokenizerError("cannot build a char tokenizer from an empty text")
-        return cls(set(text))
+        return cls(set(text), eos=eos)
 
     @property
     def vocab_size(self) -> int:
-        return len(self.chars)
+        return len(self.chars) + (self.eos_id is not None)
 
     def vocabulary(self) -> list[str]:
-        return list(self.chars)
+        return list(self.chars) + ([self.EOS] if self.eos_id is not None else [])
 
     def encode_array(self, text: str) -> np.ndarray:
         """Vectorised encode: code points via UTF-32, then one table lookup (5M chars in ~0.1 s)."""
@@ -163,7 +176,8 @@ class CharTokenizer(Tokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         ids = [int(i) for i in ids]
         self._check_ids(ids)
-        return "".join(self.chars[i] for i in ids)
+        n = len(self.chars)
+        return "".join(self.chars[i] if i < n else self.EOS for i in ids)   # id n: the eos token
 
     def _raise_unknown(self, text: str, ids: np.ndarray) -> None:
         positions = np.flatnonzero(ids < 0)
@@ -178,7 +192,11 @@ class CharTokenizer(Tokenizer):
 
     @classmethod
     def _load(cls, folder: Path, meta: dict[str, Any]) -> CharTokenizer:
-        return cls(_read_json(folder / "chars.json"))
+        tokenizer = cls(_read_json(folder / "chars.json"), eos=meta.get("eos_id") is not None)
+        if meta.get("eos_id") not in (None, tokenizer.eos_id):   # the eos id follows the characters
+            raise TokenizerError(f"tokenizer folder '{folder}': eos_id {meta['eos_id']} in {META_FILE} "
+                                 f"is not {tokenizer.eos_id} (one past the characters); prepare the data again")
+        return tokenizer
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,6 +246,10 @@ class BPETokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        encodings = self.backend.encode_batch(texts, add_special_tokens=False)   # parallel in Rust
+        return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
 
     def decode(self, ids: Iterable[int]) -> str:
         ids = [int(i) for i in ids]
@@ -376,6 +398,12 @@ class HFTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         # verbose=False: no "sequence longer than the model's maximum" warning on a whole corpus
         return list(self.backend.encode(text, add_special_tokens=False, verbose=False))
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        # a fast (Rust) tokenizer encodes the batch in parallel; a slow one loops in Python
+        ids = self.backend(texts, add_special_tokens=False, verbose=False,
+                           return_attention_mask=False)["input_ids"]
+        return [np.asarray(row, dtype=np.int64) for row in ids]
 
     def decode(self, ids: Iterable[int]) -> str:
         ids = [int(i) for i in ids]
