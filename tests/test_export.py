@@ -1,4 +1,5 @@
-"""``thunderdlm export``: an hf-adapter run with LoRA merged, as a run folder and a transformers folder.
+"""``thunderdlm export`` of an hf-adapter LoRA run: the merged network, the unmerged base + peft adapter,
+the refusals and the atomic replacement (every family against plain transformers: test_hf_export.py).
 
 One tiny random Llama with a matching byte-level BPE tokenizer (trained here on a few lines) is
 saved like a real pretrained folder; a masked-process run trains LoRA on it for 3 steps (EMA on,
@@ -11,16 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 import thunderdlm
 from thunderdlm import checkpoint as ck
 from thunderdlm.cli import main
 from thunderdlm.data import prepare_data
 from thunderdlm.errors import CheckpointError
-from thunderdlm.export import EXPORT_INFO, export_run
+from thunderdlm.export import export_run
 from thunderdlm.run_config import RunConfig
-from thunderdlm.runfolder import RunFolder
 from thunderdlm.train import train
 
 from tests.tiny_pretrained import LINES, tiny_pretrained
@@ -48,7 +48,7 @@ def exported(tmp_path_factory):
     return root, vocab, result
 
 
-def _merged_q_proj(run_ckpt: Path, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _base_and_merged(run_ckpt: Path, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(base W, W + scale·B·A) of Q_PROJ from the run's EMA tensors (the weights sampling uses)."""
     sd = ck.load_tensors(run_ckpt / "ema.safetensors")
     stem = f"lm.base_model.model.{Q_PROJ}"
@@ -58,50 +58,48 @@ def _merged_q_proj(run_ckpt: Path, scale: float) -> tuple[torch.Tensor, torch.Te
     return w, w + scale * b @ a
 
 
-def test_the_export_is_a_run_folder_with_the_same_logits_and_no_lora(exported):
+def test_the_export_holds_the_merged_network_and_the_same_logits(exported):
     root, vocab, res = exported
     assert res.merged_lora and res.weights == "ema" and res.step == 3
+    w, merged = _base_and_merged(ck.latest_checkpoint(root / "run"), scale=8 / 4)
+    saved = ck.load_tensors(res.out / "model.safetensors")
+    got = saved[f"network.lm.{Q_PROJ}.weight"]
+    assert not torch.allclose(got, w, atol=1e-4)                   # not the base weight
+    torch.testing.assert_close(got, merged, atol=1e-6, rtol=1e-5)
+    assert not any("lora_" in k for k in saved)
     original, copy = thunderdlm.load(root / "run"), thunderdlm.load(res.out)
-    assert copy.cfg.model.lora_rank == 0 and copy.cfg.model.path == str((res.out / "hf").resolve())
-    assert not any("lora_" in n for n, _ in copy.model.named_parameters())
-    assert any("lora_" in n for n, _ in original.model.named_parameters())
+    assert copy.cfg.model.lora_rank == 0 and Path(copy.cfg.model.path) == res.out / "lm"
     x = torch.randint(0, vocab + 1, (2, 16), generator=torch.Generator().manual_seed(0))  # incl. masks
     with torch.no_grad():
         a, b = original.model(x, None), copy.model(x, None)
     assert a.shape == (2, 16, vocab + 1)
     torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
-    files = sorted(p.name for p in copy.checkpoint.iterdir())
-    assert files == ["checksums.json", "model.safetensors", "state.json"]   # no optimizer, no EMA
-    state = ck.read_state(copy.checkpoint)
-    assert state["step"] == 3 and state["source_weights"] == "ema" and state["merged_lora"]
-    assert RunFolder(res.out).tokenizer().fingerprint() == original.tokenizer.fingerprint()
+    assert copy.tokenizer.fingerprint() == original.tokenizer.fingerprint()
     assert (res.out / "data.json").read_text() == (root / "run" / "data.json").read_text()
     assert len(copy.generate(length=8, steps=4, seed=0)) == 1                # it samples
 
 
-def test_the_hf_folder_holds_the_merged_causal_lm_and_the_tokenizer(exported):
+def test_lm_holds_the_unmerged_base_and_the_tokenizer_with_the_mask_token(exported):
     root, vocab, res = exported
-    w, merged = _merged_q_proj(ck.latest_checkpoint(root / "run"), scale=8 / 4)
-    hf = AutoModelForCausalLM.from_pretrained(res.hf_dir, local_files_only=True, dtype=torch.float32)
-    assert hf.config.is_causal is False
-    got = hf.get_submodule(Q_PROJ).weight.detach()
-    assert not torch.allclose(got, w, atol=1e-4)                               # not the base weight
-    torch.testing.assert_close(got, merged, atol=1e-6, rtol=1e-5)
-    exported_sd = ck.load_tensors(ck.latest_checkpoint(res.out) / "model.safetensors")
-    for name, p in hf.state_dict().items():                                    # every tensor agrees
-        assert torch.equal(p, exported_sd[f"lm.{name}"]), name
-    assert hf.get_input_embeddings().weight.shape[0] == vocab + 1             # the mask row kept
-    own = AutoTokenizer.from_pretrained(root / "llama", local_files_only=True)
-    assert AutoTokenizer.from_pretrained(res.hf_dir, local_files_only=True).get_vocab() == own.get_vocab()
-    info = json.loads((res.hf_dir / EXPORT_INFO).read_text())
-    assert info["process"] == "masked" and info["mask_token_id"] == vocab
-    assert info["is_causal"] is False and info["shift_logits"] is False
-    assert info["merged_lora"]["rank"] == 4 and info["outside_causal_lm"] == []
+    w, _ = _base_and_merged(ck.latest_checkpoint(root / "run"), scale=8 / 4)
+    base = AutoModelForCausalLM.from_pretrained(res.out / "lm", local_files_only=True, dtype=torch.float32)
+    assert base.config.is_causal is False
+    torch.testing.assert_close(base.get_submodule(Q_PROJ).weight.detach(), w, atol=0, rtol=0)
+    assert base.get_input_embeddings().weight.shape[0] == vocab + 1             # the mask row kept
+    for folder in (res.out, res.out / "lm"):
+        tok = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
+        assert tok.mask_token == "<|mask|>" and tok.mask_token_id == vocab and len(tok) == vocab + 1
+    adapter = json.loads((res.out / "lora" / "adapter_config.json").read_text())
+    assert adapter["r"] == 4 and adapter["lora_alpha"] == 8 and adapter["base_model_name_or_path"] == "../lm"
+    info = json.loads((res.out / "thunderdlm_export.json").read_text())
+    assert info["process"] == "masked" and info["noise_token_id"] == vocab and info["merged_lora"]
+    gen = json.loads((res.out / "generation_config.json").read_text())
+    assert gen["mask_token_id"] == vocab
 
 
 def test_cli_refuses_a_non_empty_out_without_force(exported, capsys):
     root, _, res = exported
-    marker = res.out / "checkpoints" / "latest"
+    marker = res.out / "model.safetensors"
     before = marker.stat().st_mtime_ns
     assert main(["export", str(root / "run"), "--out", str(res.out)]) == 2
     assert "--force" in capsys.readouterr().err and marker.stat().st_mtime_ns == before
@@ -109,22 +107,11 @@ def test_cli_refuses_a_non_empty_out_without_force(exported, capsys):
     assert main(["export", str(root / "run"), "--out", str(res.out), "--force"]) == 0
     assert "LoRA merged" in capsys.readouterr().out
     assert marker.stat().st_mtime_ns != before
-    assert not list(root.glob(".out.export-tmp"))
-    assert thunderdlm.load(res.out).checkpoint.name == "step_00000003"
-
-
-def test_a_run_without_the_hf_adapter_is_refused_by_name(exported, tmp_path):
-    root, _, _ = exported
-    data = json.loads((root / "run" / "config.json").read_text())
-    data["model"] = {"name": "ddit", "n_layer": 1, "n_head": 2, "n_embd": 16, "cond_dim": 16}
-    (tmp_path / "ddit_run").mkdir()
-    RunFolder(tmp_path / "ddit_run").write_config(RunConfig.from_data(data))
-    with pytest.raises(CheckpointError, match=r"ddit_run.*'ddit'.*model.name: hf"):
-        export_run(tmp_path / "ddit_run", tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    assert not list(root.glob(".out.tmp-*"))
+    assert thunderdlm.load(res.out).checkpoint == res.out
 
 
 def test_resuming_an_export_is_refused_with_a_named_error(exported):
     _, _, result = exported
-    with pytest.raises(CheckpointError, match="weights only.*start a new run"):
+    with pytest.raises(CheckpointError, match="is an export.*weights only.*start a new run"):
         thunderdlm.train.resume(result.out, show=False)

@@ -201,12 +201,11 @@ def cmd_export(args) -> int:
     from thunderdlm.export import export_run
 
     res = export_run(args.run, args.out, checkpoint=args.checkpoint, force=args.force)
-    lora = "LoRA merged, " if res.merged_lora else ""
-    print(f"wrote {res.out}: {res.source_checkpoint.name} ({res.weights} weights, {lora}step {res.step}) "
-          f"as a run folder (thunderdlm sample {res.out}) and {res.hf_dir} for transformers "
-          f"(bidirectional: see {res.hf_dir / 'thunderdlm_export.json'})")
-    if res.outside_causal_lm:
-        print(f"kept only in the run folder's checkpoint: {', '.join(res.outside_causal_lm)}")
+    lora = ", LoRA merged" if res.merged_lora else ""
+    print(f"wrote {res.out}: {res.source_checkpoint.name} ({res.weights} weights{lora}, step {res.step}); "
+          f"AutoModel.from_pretrained('{res.out}', trust_remote_code=True) reproduces thunderdlm's "
+          f"outputs (largest gap {res.max_abs_diff:.1e}); thunderdlm sample {res.out} samples it"
+          + (f"; the peft adapter is {res.lora_dir}" if res.lora_dir else ""))
     return 0
 
 
@@ -354,9 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--force", action="store_true", help="convert again even if already converted")
     cv.set_defaults(func=cmd_convert)
 
-    ex = sub.add_parser("export", help="an hf-adapter run with its LoRA merged, as a run folder and a "
-                                       "transformers model folder (DIR/hf)")
-    ex.add_argument("run", help="run folder whose backbone is a pretrained model (model.name: hf)")
+    ex = sub.add_parser("export", help="a run as a folder for plain transformers (AutoModel with "
+                                       "trust_remote_code, tokenizer with the mask token, model card); "
+                                       "thunderdlm sample / eval / serve read it too")
+    ex.add_argument("run", help="run folder (any backbone and process) or an export")
     ex.add_argument("--out", required=True, help="folder to write (must be new or empty unless --force)")
     ex.add_argument("--checkpoint", default=None, help="checkpoint folder name (default: latest)")
     ex.add_argument("--force", action="store_true", help="replace --out if it already holds files")

@@ -1,25 +1,35 @@
-"""``thunderdlm export RUN --out DIR``: a run on a pretrained causal LM (``model.name: hf``) as a
-standalone run folder with its LoRA adapters merged, plus the adapted LM for plain ``transformers``.
+"""``thunderdlm export RUN --out DIR``: any run as a folder that loads with plain ``transformers``.
 
 ::
 
-    DIR/config.json                  RUN's config with model.lora_rank=0 (merged),
-                                     model.path=DIR/hf (absolute) and out_dir=DIR
-    DIR/tokenizer/, DIR/data.json    copied from RUN
-    DIR/checkpoints/step_N/          model.safetensors: the merged weights (RUN's EMA weights when it
-                                     kept them, as sampling uses) + state.json (RUN's step, tokens...)
-                                     no optimizer: the export samples and scores, it does not resume
-    DIR/hf/                          the merged *ForCausalLM (save_pretrained, safetensors) and, for an
-                                     ``hf`` data tokenizer, that tokenizer (save_pretrained)
-    DIR/hf/thunderdlm_export.json    what DIR/hf is: process, mask token id, logit shift, attention
-                                     that must be bidirectional, modules that live outside it
+    DIR/config.json                   ThunderDLMConfig (model_type "thunderdlm") with auto_map:
+                                      AutoConfig / AutoModel / AutoModelForMaskedLM, trust_remote_code
+    DIR/configuration_thunderdlm.py   the modelling code, copied from thunderdlm/hf_export/: it imports
+    DIR/modeling_thunderdlm.py        only torch + transformers and mirrors the thunderdlm network
+    DIR/model.safetensors             the whole network (keys "network.<thunderdlm key>"): RUN's EMA
+                                      weights when it kept them (as sampling uses), LoRA merged
+    DIR/tokenizer.json, tokenizer_config.json ...   AutoTokenizer.from_pretrained(DIR): thunderdlm's
+                                      tokenizer plus the process's row (mask_token / <|bos|>)
+    DIR/generation_config.json        the diffusion sampler's settings (steps, block_length,
+                                      remasking, threshold, mask_token_id, process, schedule...)
+    DIR/README.md                     the model card (data, config, measured figures, how to sample)
+    DIR/thunderdlm_export.json        what thunderdlm.load(DIR) rebuilds the model from: the run's
+                                      config (LoRA merged), the source run, checkpoint and step
+    DIR/tokenizer/, DIR/data.json     thunderdlm's own tokenizer folder and the run's data record
+    DIR/lm/                           hf-backbone runs: the causal LM the network is built on (for
+                                      LoRA runs its unmerged base, with the run's trained non-LoRA
+                                      weights and the mask row), plus the tokenizer
+    DIR/lora/                         hf-backbone LoRA runs: the peft adapter (unmerged);
+                                      PeftModel.from_pretrained(AutoModelForCausalLM
+                                      .from_pretrained(DIR/lm), DIR/lora) is the run's causal LM
 
-Merging: peft's wrapped ``...q_proj.base_layer.weight`` W and its adapters A (r, in), B (out, r)
-become one plain ``...q_proj.weight`` W + (alpha / r)·B·A, so the merged network is exactly the
-one a config with ``lora_rank=0`` builds; the export checks this by building that network from
-DIR/hf, comparing its pretrained weights with the merged ones and loading the checkpoint strictly.
-Everything is written into a hidden sibling folder first and renamed to DIR at the end, so a
-failed export leaves no half-written DIR (and ``--force`` replaces an old one only on success).
+Merging: peft's ``...q_proj.base_layer.weight`` W and its adapters A (r, in), B (out, r) become one
+``...q_proj.weight`` W + (alpha / r)·B·A, so the merged network is the one a config with
+``lora_rank=0`` builds. Every export is checked before it is renamed into place: the copied
+modelling code, loaded with the exported weights, must give thunderdlm's outputs on a probe batch
+to 1e-5, and the config, weights and tokenizer ids must agree. Everything is written into a hidden
+sibling folder and renamed to DIR at the end (a failed export leaves no half-written DIR;
+``--force`` replaces an old one only on success).
 """
 from __future__ import annotations
 
@@ -32,60 +42,58 @@ import torch
 from torch import nn
 
 from thunderdlm import checkpoint as ck
-from thunderdlm.api import load as load_run
 from thunderdlm.errors import CheckpointError
+from thunderdlm.hf_export import MODELING_FILES, card, hf_config, tokenizer as hf_tok
+from thunderdlm.loading import EXPORT_INFO, LoadedRun, load_run
+from thunderdlm.portable import LM_DIR
 from thunderdlm.models.hf_adapter import HFDenoiser
-from thunderdlm.run_config import RunConfig, read_run_config
-from thunderdlm.runfolder import RunFolder
+from thunderdlm.run_config import RunConfig
 
-HF_DIR = "hf"
-EXPORT_INFO = "thunderdlm_export.json"
+LORA_DIR = "lora"
+TOLERANCE = 1e-5
 
 
 @dataclass
 class ExportResult:
     """What ``export_run`` wrote."""
 
-    out: Path                      # the new run folder
-    hf_dir: Path                   # out / "hf": the merged causal LM (+ tokenizer)
+    out: Path                      # the export folder
     source_checkpoint: Path        # the checkpoint of RUN that was exported
     step: int                      # its training step
     weights: str                   # "ema" or "model": which file of it
     merged_lora: bool              # whether LoRA adapters were folded in
-    outside_causal_lm: list[str]   # modules kept only in the run folder checkpoint
+    max_abs_diff: float            # the exported model's largest deviation on the probe batch
+    lora_dir: Path | None = None   # the peft adapter (LoRA runs)
 
 
 def export_run(run: str | Path, out: str | Path, checkpoint: str | None = None,
                force: bool = False) -> ExportResult:
-    """Export RUN (an ``hf``-backbone run) into ``out``; see the module docstring."""
+    """Export RUN (any run folder, or an export) into ``out``; see the module docstring."""
     run_dir, out = Path(run), Path(out)
-    cfg = read_run_config(run_dir)
-    if cfg.model.name != "hf":
-        raise CheckpointError(f"run '{run_dir}' has model.name={cfg.model.name!r}: export is for runs "
-                              "whose backbone is a pretrained Hugging Face model (model.name: hf, the "
-                              "hf adapter); this run folder is already standalone, copy it instead")
     _check_out(run_dir, out, force)
     lm = load_run(run_dir, checkpoint=checkpoint, device="cpu")          # EMA weights when kept
-    weights = "ema" if (lm.checkpoint / "ema.safetensors").exists() else "model"
-    prefix, backbone = find_hf_backbone(lm.model, run_dir)
-    merged = cfg.model.lora_rank > 0
-    if merged:
-        backbone.merge_lora()
-    state = lm.model.state_dict()
-    leftover = [k for k in state if "lora_" in k]
-    if leftover:
-        raise CheckpointError(f"merging the LoRA adapters of '{lm.checkpoint}' left {len(leftover)} "
-                              f"adapter tensors (e.g. {leftover[0]}); the export was not written")
-    extras = outside_causal_lm(state, prefix)
-    source_state = ck.read_state(lm.checkpoint)
-
+    cfg = lm.cfg
+    weights = lm.weights_file.removesuffix(".safetensors")
+    hf = find_hf_backbone(lm.model, run_dir) if cfg.model.name == "hf" else None
+    merged = hf is not None and cfg.model.lora_rank > 0
+    source = lm.source_info()
     with ck.atomic_folder(out) as tmp:
-        _write_hf(tmp / HF_DIR, backbone, lm, cfg, weights, extras)
-        _write_run_folder(tmp, run_dir, lm, state, source_state, weights, merged,
-                          _exported_config(cfg, out, out))
-        _verify(tmp, lm, state, _exported_config(cfg, tmp, out), prefix)
-    return ExportResult(out, out / HF_DIR, lm.checkpoint, int(source_state.get("step", 0)),
-                        weights, merged, extras)
+        if hf is not None:
+            _write_lm(tmp, hf[1], lm, lora=merged)
+        state = lm.model.state_dict()
+        leftover = [k for k in state if "lora_" in k]
+        if leftover:
+            raise CheckpointError(f"merging the LoRA adapters of '{lm.checkpoint}' left {len(leftover)} "
+                                  f"adapter tensors (e.g. {leftover[0]}); the export was not written")
+        config = hf_config.build(lm, hf[1] if hf else None)
+        _write_transformers(tmp, lm, state, config)
+        gen = hf_config.generation_settings(lm)
+        ck.atomic_write_text(tmp / "generation_config.json", json.dumps(gen, indent=1))
+        _write_thunderdlm(tmp, lm, _exported_config(cfg), source, weights, merged)
+        ck.atomic_write_text(tmp / "README.md", card.model_card(lm, config, gen, source, run_dir, merged))
+        diff = _verify(tmp, lm, state, config)
+    return ExportResult(out, lm.checkpoint, int(source.get("step", 0)), weights, merged, diff,
+                        out / LORA_DIR if merged else None)
 
 
 # ---- finding the adapter ---------------------------------------------------------------------------
@@ -98,19 +106,6 @@ def find_hf_backbone(net: nn.Module, run_dir: Path) -> tuple[str, HFDenoiser]:
                               "(HFDenoiser); export needs exactly one")
     name, module = found[0]
     return (name + "." if name else ""), module
-
-
-def outside_causal_lm(state: dict[str, torch.Tensor], prefix: str) -> list[str]:
-    """Top-level modules of the network that are not part of the causal LM (``{prefix}lm.``):
-    time embedding, a new output head, the embedding bridge..."""
-    names = set()
-    for key in state:
-        if key.startswith(prefix + "lm."):
-            continue
-        inside = key.startswith(prefix)
-        top = key[len(prefix):].split(".")[0] if inside else key.split(".")[0]
-        names.add(prefix + top if inside else top)
-    return sorted(names)
 
 
 # ---- writing ---------------------------------------------------------------------------------------
@@ -127,79 +122,97 @@ def _check_out(run_dir: Path, out: Path, force: bool) -> None:
                               "or pass --force to replace it")
 
 
-def _exported_config(cfg: RunConfig, hf_parent: Path, out: Path) -> RunConfig:
-    """The run config of the export: no LoRA (merged), the backbone read from ``hf_parent/hf``."""
+def _exported_config(cfg: RunConfig) -> RunConfig:
+    """The run config thunderdlm.load(DIR) builds: no LoRA (merged), an hf backbone read from DIR/lm
+    (a path relative to the export folder, so the folder can move)."""
     data = cfg.to_dict()
-    data["model"]["lora_rank"] = 0
-    data["model"]["path"] = str((hf_parent / HF_DIR).resolve())
-    data["out_dir"] = str(out)
+    if data["model"]["name"] == "hf":
+        data["model"]["lora_rank"] = 0
+        data["model"]["path"] = LM_DIR
     return RunConfig.from_data(data)
 
 
-def _write_hf(folder: Path, backbone: HFDenoiser, lm, cfg: RunConfig, weights: str,
-              extras: list[str]) -> None:
-    """The merged causal LM and the tokenizer for ``AutoModelForCausalLM.from_pretrained``."""
+def _write_lm(folder: Path, backbone: HFDenoiser, lm: LoadedRun, lora: bool) -> None:
+    """DIR/lm: the causal LM the network builds on (its unmerged base for LoRA runs, bidirectional
+    config) + the tokenizer with the mask token; DIR/lora: the peft adapter. Then merges in place."""
     causal = backbone.causal_lm
     causal.config.is_causal = False           # trained bidirectional (the adapter sets it too)
-    causal.save_pretrained(str(folder), safe_serialization=True)
-    hf_tokenizer = getattr(lm.tokenizer, "kind", None) == "hf"
-    if hf_tokenizer:
-        lm.tokenizer.backend.save_pretrained(str(folder))
-    info = {
-        "what": "the pretrained body of a thunderdlm diffusion LM, fine-tuned (LoRA merged) as a "
-                "bidirectional denoiser; it is not an autoregressive LM any more",
-        "source_run": str(lm.run_dir.resolve()), "source_checkpoint": lm.checkpoint.name,
-        "weights": weights, "process": cfg.process.name,
-        "mask_token_id": lm.process.noise_token_id,
-        "tokenizer_vocab_size": lm.tokenizer.vocab_size,
-        "model_vocab_size": lm.process.model_vocab_size,
-        "tokenizer_saved_here": hf_tokenizer,
-        "shift_logits": cfg.model.shift_logits,
-        "is_causal": False,
-        "attention": "bidirectional: keep config.is_causal=False and call the model with "
-                     "is_causal=False and no attention mask (the causal default is not what it was "
-                     "trained with)",
-        "time_conditioning": cfg.model.time_conditioning,
-        "lm_head_is_the_output": backbone.head is None,
-        "merged_lora": ({"rank": cfg.model.lora_rank, "alpha": cfg.model.lora_alpha or cfg.model.lora_rank,
-                         "targets": list(cfg.model.lora_targets)} if cfg.model.lora_rank > 0 else None),
-        "outside_causal_lm": extras,
-        "note": ("the modules in outside_causal_lm (time embedding, new heads, embedding bridge) are not "
-                 "in this folder: they live only in the run folder's checkpoint; load the whole model "
-                 "with thunderdlm.load(<the export folder>)" if extras else
-                 "every weight of the network is in this folder"),
-    }
+    base = {k.replace(".base_layer.", "."): v for k, v in causal.state_dict().items() if "lora_" not in k}
+    causal.save_pretrained(str(folder / LM_DIR), state_dict=base, safe_serialization=True)
+    if lm.tokenizer.kind == "hf":
+        role = hf_tok.extra_token_role(lm.process.name, lm.process.model_vocab_size - lm.tokenizer.vocab_size)
+        hf_tok.save(hf_tok.to_transformers(lm.tokenizer, role, lm.context), folder / LM_DIR)
+    if lora:
+        backbone.lm.save_pretrained(str(folder / LORA_DIR))
+        adapter_cfg = folder / LORA_DIR / "adapter_config.json"
+        data = json.loads(adapter_cfg.read_text())
+        data["base_model_name_or_path"] = f"../{LM_DIR}"      # relative: the folder may move
+        ck.atomic_write_text(adapter_cfg, json.dumps(data, indent=2))
+        backbone.merge_lora()
+
+
+def _write_transformers(folder: Path, lm: LoadedRun, state: dict, config) -> None:
+    """config.json (auto_map), the modelling code, model.safetensors and the tokenizer."""
+    config.save_pretrained(str(folder))
+    for path in MODELING_FILES:
+        shutil.copy2(path, folder / path.name)
+    ck.save_tensors(folder / "model.safetensors", {f"network.{k}": v for k, v in state.items()},
+                    metadata={"format": "pt"})
+    role = hf_tok.extra_token_role(lm.process.name, lm.process.model_vocab_size - lm.tokenizer.vocab_size)
+    hf_tok.save(hf_tok.to_transformers(lm.tokenizer, role, lm.context), folder)
+
+
+def _write_thunderdlm(folder: Path, lm: LoadedRun, cfg: RunConfig, source: dict, weights: str,
+                      merged: bool) -> None:
+    """thunderdlm_export.json, tokenizer/ and data.json: what thunderdlm.load(DIR) reads."""
+    lm.tokenizer.save(folder / "tokenizer")
+    if (lm.run_dir / "data.json").exists():
+        shutil.copy2(lm.run_dir / "data.json", folder / "data.json")
+    for name in ("eval.json",):
+        if (lm.run_dir / name).exists():
+            shutil.copy2(lm.run_dir / name, folder / name)
+    info = {"format": 1, "run_config": cfg.to_dict(), "weights": weights, "merged_lora": merged,
+            "process": lm.process.name, "noise_token_id": lm.process.noise_token_id,
+            "tokenizer_vocab_size": lm.tokenizer.vocab_size,
+            "model_vocab_size": lm.process.model_vocab_size, **source}
     ck.atomic_write_text(folder / EXPORT_INFO, json.dumps(info, indent=1))
 
 
-def _write_run_folder(folder: Path, run_dir: Path, lm, state: dict, source_state: dict, weights: str,
-                      merged: bool, cfg: RunConfig) -> None:
-    """config.json, tokenizer/, data.json and one checkpoint holding ``state`` (atomically)."""
-    RunFolder(folder).write_config(cfg)
-    shutil.copytree(run_dir / "tokenizer", folder / "tokenizer")
-    if (run_dir / "data.json").exists():
-        shutil.copy2(run_dir / "data.json", folder / "data.json")
-    info = dict(source_state)
-    step = int(info.get("step", 0))
-    info.update(exported_from=str(run_dir.resolve()), source_checkpoint=lm.checkpoint.name,
-                source_weights=weights, merged_lora=merged)
-    tmp = ck.begin_checkpoint(folder, step)
-    ck.write_model_files(tmp, state, None, None, info)
-    ck.commit_checkpoint(folder, tmp, step, keep=1)
+# ---- checking --------------------------------------------------------------------------------------
 
+@torch.no_grad()
+def _verify(folder: Path, lm: LoadedRun, state: dict, config) -> float:
+    """The copied modelling code with the exported weights reproduces thunderdlm's outputs on a probe
+    batch (to 1e-5), and the exported tokenizer's ids are thunderdlm's; returns the largest gap."""
+    from thunderdlm.hf_export.modeling_thunderdlm import ThunderDLMModel
 
-def _verify(folder: Path, lm, state: dict, cfg: RunConfig, prefix: str) -> None:
-    """The exported config builds exactly the saved network, and hf/ holds the merged LM weights."""
-    net = lm.process.build_network(cfg.model, cfg.data.seq_len)
-    built = net.state_dict()
-    for key, value in built.items():
-        if key.startswith(prefix + "lm.") and key in state and not torch.equal(value, state[key]):
-            raise CheckpointError(f"'{folder / HF_DIR}' does not reload to the merged weights "
-                                  f"({key} differs); the export was not written")
-    saved = ck.load_tensors(ck.latest_checkpoint(folder) / "model.safetensors")
+    model = ThunderDLMModel(type(config).from_json_file(str(folder / "config.json"))).eval()
+    saved = ck.load_tensors(folder / "model.safetensors")
     try:
-        net.load_state_dict(saved)
+        model.load_state_dict(saved, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"the merged weights do not fit the network of the exported config "
-                              f"(model.lora_rank=0): {str(e).splitlines()[0]}; the export was not "
-                              "written") from None
+        raise CheckpointError(f"the exported weights do not fit the exported modelling code: "
+                              f"{str(e).splitlines()[0]}; the export was not written") from None
+    kwargs, ours = hf_config.probe(lm)
+    got = model(**kwargs).logits
+    diff = float((got - ours).abs().max()) if got.shape == ours.shape else float("inf")
+    if not diff <= TOLERANCE:
+        raise CheckpointError(f"the exported model's outputs differ from thunderdlm's by {diff:.3g} "
+                              f"(> {TOLERANCE:g}) on a probe batch; the export was not written")
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
+    ids = _real_ids(kwargs, lm)
+    text = lm.tokenizer.decode(ids) if ids else ""
+    if text and fast.encode(text, add_special_tokens=False) != lm.tokenizer.encode(text):
+        raise CheckpointError("the exported tokenizer encodes the probe text differently from the "
+                              "run's tokenizer; the export was not written")
+    return diff
+
+
+def _real_ids(kwargs: dict, lm: LoadedRun) -> list[int]:
+    """The probe's first row of real tokens (no mask / BOS ids), for the tokenizer check."""
+    ids = kwargs.get("input_ids")
+    if ids is None:
+        return []
+    return [i for i in ids[0].tolist() if i < lm.tokenizer.vocab_size]

@@ -43,6 +43,10 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> RunCo
 
 def read_run_config(run_dir: Path, overrides: list[str] | None = None) -> RunConfig:
     path = Path(run_dir) / "config.json"
+    if (Path(run_dir) / "thunderdlm_export.json").is_file():     # config.json is transformers' there
+        raise CheckpointError(f"'{run_dir}' is an export (`thunderdlm export`: weights only, no "
+                              "optimizer or data state): it samples and evaluates but cannot be "
+                              "resumed; start a new run from its config instead")
     if not path.exists():
         raise CheckpointError(f"'{run_dir}' is not a thunderdlm run folder (no config.json); "
                               "pass the folder that `thunderdlm train` wrote")

@@ -88,8 +88,10 @@ class RunFolder:
         if tok_dir.exists():
             shutil.rmtree(tok_dir)
         data.tokenizer.save(tok_dir)
-        info = {"dir": str(Path(cfg.data.dir).resolve()), "meta": data.meta,
-                "fingerprint": data.tokenizer.fingerprint()}
+        data_dir = Path(cfg.data.dir).resolve()
+        info = {"dir": str(data_dir), "meta": data.meta, "fingerprint": data.tokenizer.fingerprint(),
+                # relative to the run folder: found again when both move together (portable.py)
+                "dir_from_run": os.path.relpath(data_dir, self.path.resolve())}
         atomic_write_text(self.path / "data.json", json.dumps(info, indent=1))
         (self.path / "metrics.jsonl").unlink(missing_ok=True)
 

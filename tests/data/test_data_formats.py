@@ -102,6 +102,12 @@ def test_a_saved_dataset_dict_reads_train_or_the_chosen_split(saved_dict: Path):
     assert read_documents([saved_dict], split="validation") == DOCS[2:]
 
 
+def test_a_saved_dataset_inside_a_folder_is_read_as_a_dataset(saved_dict: Path, tmp_path: Path):
+    _write(tmp_path / "a.txt", "before")           # tmp_path/saved is the DatasetDict
+    _write(tmp_path / "z.txt", "after")
+    assert read_documents([tmp_path], split="validation") == ["before", *DOCS[2:], "after"]
+
+
 def test_a_saved_single_dataset_reads_all_rows(tmp_path: Path):
     import datasets
 

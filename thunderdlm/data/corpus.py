@@ -98,12 +98,12 @@ def read_documents(paths: list[str | Path], text_field: str = "text", split: str
         if not path.exists():
             raise DataError(f"data path '{path}' does not exist; check the path (relative paths "
                             f"are resolved from {Path.cwd()})")
-        if tables.is_saved_dataset(path):
-            documents.extend(tables.saved_dataset_documents(path, text_field, split))
-            used_split = used_split or tables.has_splits(path)
-            continue
-        for file in _files_under(path):
-            documents.extend(_read_file(file, text_field))
+        for source in _sources_under(path):
+            if source.is_dir():   # a saved dataset
+                documents.extend(tables.saved_dataset_documents(source, text_field, split))
+                used_split = used_split or tables.has_splits(source)
+            else:
+                documents.extend(_read_file(source, text_field))
     if split is not None and not used_split:
         raise DataError(f"--split {split!r} selects a split of a saved dataset folder (save_to_disk of a "
                         "DatasetDict); none of the data paths is one, so drop --split")
@@ -125,16 +125,20 @@ def data_format(file: Path) -> tuple[str, bool]:
     return "text", gzipped
 
 
-def _files_under(path: Path) -> list[Path]:
-    """``path`` itself if it is a file, else every non-hidden file below it in sorted order."""
-    if path.is_file():
+def _sources_under(path: Path) -> list[Path]:
+    """``path`` itself if it is a file or a saved dataset, else every non-hidden file below it and
+    every saved dataset folder (read whole, not file by file), in sorted relative-path order."""
+    if path.is_file() or tables.is_saved_dataset(path):
         return [path]
-    files = []
-    for file in sorted(path.rglob("*"), key=lambda p: p.relative_to(path).as_posix()):
-        hidden = any(part.startswith(".") for part in file.relative_to(path).parts)
-        if file.is_file() and not hidden:
-            files.append(file)
-    return files
+    entries = sorted(path.rglob("*"), key=lambda p: p.relative_to(path).as_posix())
+    saved = [d for d in entries if tables.is_saved_dataset(d)]
+    sources = []
+    for entry in entries:
+        hidden = any(part.startswith(".") for part in entry.relative_to(path).parts)
+        inside_saved = any(entry != d and entry.is_relative_to(d) for d in saved)
+        if not hidden and not inside_saved and (entry.is_file() or entry in saved):
+            sources.append(entry)
+    return sources
 
 
 def _read_file(file: Path, text_field: str) -> list[str]:
