@@ -133,7 +133,7 @@ def test_eos_ends_the_text(lms, monkeypatch):
 
 # ---- lists of prompts ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["masked", "block", "autoregressive"])
+@pytest.mark.parametrize("name", list(PROCESSES))
 def test_a_list_of_prompts_is_prompt_major_and_batch_independent(lms, name):
     lm = lms[name]
     prompts = ["to be", "or not to", ""]
@@ -147,6 +147,18 @@ def test_a_list_of_prompts_is_prompt_major_and_batch_independent(lms, name):
         assert lm.generate([p, "that is"][::-1], **kw)[2:] == rows   # other mates, other place
     greedy = lm.generate(prompts, max_new_tokens=6, do_sample=False, steps=6)
     assert greedy == lm.generate(prompts, max_new_tokens=6, do_sample=False, steps=6)
+
+
+@pytest.mark.parametrize("name", ["masked", "block", "autoregressive"])
+def test_stop_strings_cut_every_row_of_a_list(lms, name):
+    lm, prompts = lms[name], ["to be", "or not to"]
+    kw = dict(max_new_tokens=12, num_return_sequences=2, steps=12, seed=3, remasking="low_confidence")
+    full = lm.generate(prompts, **kw)
+    stop = full[0][5 + 2]
+    cut = lm.generate(prompts, stop_strings=[stop], **kw)
+    for r, (f, c) in enumerate(zip(full, cut)):
+        p = prompts[r // 2]
+        assert c == (f[:len(p) + f[len(p):].index(stop)] if stop in f[len(p):] else f)
 
 
 def test_a_list_needs_max_new_tokens(lms):
@@ -254,20 +266,42 @@ class Positional(torch.nn.Module):
         return self.table[pos].expand(x.shape[0], -1, -1)
 
 
+@pytest.mark.parametrize("time_conditioning", [False, True])
 @pytest.mark.parametrize("name", ["masked", "block"])
-def test_llada_estimator_is_unbiased_on_an_exact_model(lms, name):
+def test_llada_estimator_is_unbiased_on_an_exact_model(lms, name, time_conditioning):
+    from thunderdlm.config import from_dict
     from thunderdlm.loglikelihood import conditional_loglikelihood
+    from thunderdlm.processes import ProcessConfig, build_process
     lm = lms[name]
+    process = build_process(from_dict(ProcessConfig, {**PROCESSES[name][0],
+                                                      "time_conditioning": time_conditioning}),
+                            lm.process.vocab_size)
     V, L = lm.process.vocab_size, 20
     model = Positional(L, V)
     x = torch.randint(0, V, (L,), generator=torch.Generator().manual_seed(2)).tolist()
     P = 7                                               # not on block diffusion's grid of 4
     q = model.table[:, :V].double().log_softmax(-1)
     exact = sum(q[i, x[i]].item() for i in range(P, L))
-    res = conditional_loglikelihood(lm.process, model, x[:P], x[P:], mc_num=2048, batch_size=64,
+    res = conditional_loglikelihood(process, model, x[:P], x[P:], mc_num=2048, batch_size=64,
                                     generator=torch.Generator().manual_seed(0))
     assert res.tokens == L - P and not res.exact and res.stderr > 0
     assert abs(res.loglikelihood - exact) < 4 * res.stderr + 1e-9
+
+
+@pytest.mark.parametrize("time_conditioning", [False, True])
+@pytest.mark.parametrize("name", ["masked", "block"])
+def test_without_context_the_estimator_is_the_process_nelbo(lms, runs, name, time_conditioning):
+    # for a time-agnostic network E_l[(A/l) Σ_{|S|=l} CE] = ∫ w(t) E[Σ_masked CE] dt (masking
+    # probability t: P(l | t) integrates against 1/t to 1/l), so with an empty context the two
+    # Monte Carlo estimators of the (per-block) bound agree in expectation
+    lm, text = lms[name], "to be or not to be, that"
+    if time_conditioning:                  # the process's own form of the bound (σ(t) fed)
+        lm = thunderdlm.load(runs[name], overrides=["process.time_conditioning=true"])
+    ll = lm.loglikelihood("", text, mc_num=512, batch_size=128, seed=1)
+    (nll,) = lm.nll(text, t_samples=512, seed=2)
+    se = math.hypot(ll["stderr"], nll["stderr"] * nll["tokens"])
+    assert ll["tokens"] == nll["tokens"] and ll["context_tokens"] == 0
+    assert abs(ll["loglikelihood"] + nll["nats_total"]) < 4 * se
 
 
 def test_a_perfect_predictor_scores_zero(lms, oracle_model):

@@ -14,10 +14,13 @@ continuation ``a`` of A tokens; the result is in nats (natural log), summed over
       ŝ_j = −(A / l_j) · Σ_{i masked} −log p_θ(a_i | x_masked)        (SUBS: no mass on the mask)
 
   ``E[ŝ]`` is the negative of masked diffusion's NELBO of ``a`` given ``c`` for a time-agnostic
-  network, i.e. a lower bound on log p(a | c) (the any-order form of the bound, schedule-free;
-  with ``time_conditioning`` the network needs a time, which this estimator has not, so such runs
-  are refused). The mean over ``mc_num`` rows is returned with its standard error (computed as if
-  the rows were independent; the stratification makes the true one smaller).
+  network, i.e. a lower bound on log p(a | c) (the any-order form of the bound, schedule-free: with
+  masking probability t, ∫ w(t) P(l | t) dt = 1/l). A time-conditioned network
+  (``process.time_conditioning``) needs a time, which this estimator has not: it gets the process's
+  own form instead, t stratified, each continuation token masked with probability m(t), weight
+  w(t) — the same expectation, more variance. The mean over ``mc_num`` rows is returned with its
+  standard error (computed as if the rows were independent; the stratification makes the true one
+  smaller).
 - **block** (BD3-LM) — the same estimator inside every block that holds continuation tokens,
   all blocks in one ``x_t ⊕ x0`` forward (the training one): a block is denoised given the clean
   blocks before it, the context positions stay clean, and the per-block terms add up to the
@@ -39,6 +42,7 @@ from torch import nn
 
 from thunderdlm.errors import SamplingError
 from thunderdlm.processes.block.attention import shifted_reads, training_plan, training_positions
+from thunderdlm.processes.discrete.masked import stratified_times
 from thunderdlm.sampling.guidance import Guided, unconditional_token
 
 #: processes whose bound can keep the context clean
@@ -62,9 +66,6 @@ def check_conditional(process, cfg_scale: float) -> None:
         raise SamplingError(f"loglikelihood() needs a process whose bound keeps the context clean "
                             f"({', '.join(CONDITIONAL)}); {process.name!r} noises whole windows — "
                             "score whole texts with nll()")
-    if process.name != "autoregressive" and process.cfg.time_conditioning:
-        raise SamplingError("loglikelihood(): LLaDA's estimator needs a time-agnostic network, and "
-                            "this run has process.time_conditioning=true")
     if cfg_scale:
         unconditional_token(process)
 
@@ -116,29 +117,49 @@ def _choose(span: torch.Tensor, counts: torch.Tensor, L: int,
     return out
 
 
+def _draw_masks(process, L: int, P: int, B: int, device,
+                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Which continuation positions to mask, per block of the process's grid (one block, all of x,
+    for masked diffusion): (masked (B, L) bool, weight (B, L), t_tok (B, L) or None).
+
+    Time-agnostic network: LLaDA's counts, weight A_b / l_b (t_tok None). Time-conditioned: the
+    process's own bound restricted to the continuation — t_b per (row, block) stratified, each
+    continuation position masked with probability m(t_b), weight w(t_b) = −α'/(1 − α)."""
+    bs = process.block_grid or L
+    masked = torch.zeros(B, L, dtype=torch.bool, device=device)
+    weight = torch.zeros(B, L, dtype=torch.float64, device=device)
+    cont = torch.arange(L, device=device) >= P                                       # (L,)
+    if process.cfg.time_conditioning:
+        nb = -(-L // bs)
+        t = stratified_times(B * nb, device, generator).view(B, nb)                  # (B, nb)
+        t_tok = t.repeat_interleave(bs, dim=1)[:, :L]                                # (B, L)
+        u = torch.rand(B, L, device=device, generator=generator)
+        masked = (u < process.schedule.mask_prob(t_tok)) & cont
+        return masked, process.schedule.nelbo_weight(t_tok).double(), t_tok
+    for lo in range(P // bs * bs, L, bs):
+        span = torch.arange(max(lo, P), min(lo + bs, L), device=device)              # a in block
+        counts = stratified_counts(span.numel(), B, device, generator)                # (B,)
+        masked |= _choose(span, counts, L, generator)
+        weight[:, span] = (span.numel() / counts.double())[:, None]
+    return masked, weight, None
+
+
 def _masked_rows(process, model: nn.Module, x: torch.Tensor, P: int, B: int, cfg_scale: float,
                  generator: torch.Generator | None) -> torch.Tensor:
-    """(B,) LLaDA estimates ŝ_j; block diffusion: the sum of one estimate per block."""
+    """(B,) estimates of log p(a | c): −Σ_masked weight · CE (block diffusion: all blocks)."""
     L, dev = x.shape[0], x.device
     mask_id = process.mask_id
-    bs = process.block_grid or L                            # masked diffusion: one block, all of x
-    masked = torch.zeros(B, L, dtype=torch.bool, device=dev)
-    weight = torch.zeros(B, L, dtype=torch.float64, device=dev)                       # A_b / l_b
-    for lo in range(P // bs * bs, L, bs):
-        span = torch.arange(max(lo, P), min(lo + bs, L), device=dev)                 # a in block
-        counts = stratified_counts(span.numel(), B, dev, generator)                   # (B,)
-        chosen = _choose(span, counts, L, generator)
-        masked |= chosen
-        weight[:, span] = (span.numel() / counts.double())[:, None]
+    masked, weight, t_tok = _draw_masks(process, L, P, B, dev, generator)
     x0 = x.expand(B, L)
     xt = torch.where(masked, torch.full_like(x0, mask_id), x0)                       # (B, L)
     known = torch.zeros(B, L, dtype=torch.bool, device=dev)
     known[:, :P] = True                                     # the context: masked when unguided
     if process.block_grid is None:
         net = Guided(model, known, mask_id, cfg_scale) if cfg_scale else model
-        logits = net(xt, process.conditioning(torch.zeros(B, device=dev)))           # (B, L, V+1)
+        t = torch.zeros(B, device=dev) if t_tok is None else t_tok[:, 0]
+        logits = net(xt, process.conditioning(t))                                    # (B, L, V+1)
     else:
-        logits = _block_logits(process, model, xt, x0, known, cfg_scale)
+        logits = _block_logits(process, model, xt, x0, known, cfg_scale, t_tok)
     logits = logits.float().clone()          # never write into the network's own output
     logits[..., mask_id] = NEG_INF                                                   # SUBS
     nll = F.cross_entropy(logits.transpose(1, 2), x0, reduction="none").double()    # (B, L)
@@ -146,14 +167,18 @@ def _masked_rows(process, model: nn.Module, x: torch.Tensor, P: int, B: int, cfg
 
 
 def _block_logits(process, model: nn.Module, xt: torch.Tensor, x0: torch.Tensor, known: torch.Tensor,
-                  cfg_scale: float) -> torch.Tensor:
+                  cfg_scale: float, t_tok: torch.Tensor | None) -> torch.Tensor:
     """Logits (B, L, V+1) of every noisy block given the clean blocks before it: BD3-LM's training
-    forward of ``x_t ⊕ x0`` (``block/attention.py``), a shifted head read as in training."""
+    forward of ``x_t ⊕ x0`` (``block/attention.py``; σ(t_b) on the noisy half and 0 on the clean
+    one for a time-conditioned network), a shifted head read as in training."""
     B, L = x0.shape
     bs, dev = process.cfg.block_size, x0.device
     shifted = process.shifted_head(model)
+    sigma = None
+    if t_tok is not None:
+        sigma = torch.cat([process.schedule.sigma_for_conditioning(t_tok), torch.zeros_like(t_tok)], 1)
     net = Guided(model, known.repeat(1, 2), process.mask_id, cfg_scale) if cfg_scale else model
-    out = net(torch.cat([xt, x0], dim=1), None, attn_mask=training_plan(L, bs, device=dev),
+    out = net(torch.cat([xt, x0], dim=1), sigma, attn_mask=training_plan(L, bs, device=dev),
               positions=training_positions(L, dev),
               **({"shift_logits": False} if shifted else {}))                        # (B, 2L, V+1)
     reads = shifted_reads(L, bs, dev) if shifted else slice(0, L)
