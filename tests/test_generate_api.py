@@ -365,3 +365,31 @@ def test_cli_greedy_and_cfg_scale(runs, capsys):
     assert main(["sample", str(runs["autoregressive"]), "--prompt", "to be", "--max-new-tokens", "4",
                  "--cfg-scale", "1"]) != 0
     assert "cfg_scale" in capsys.readouterr().err
+
+
+def test_block_estimator_with_a_shifted_head_and_blocks_of_one_is_the_causal_lm(tmp_path):
+    # an AR model made a block diffusion model (the hf adapter's shifted head): with blocks of one
+    # token each block holds one masked token (l = A_b = 1, weight 1) whose prediction is read at
+    # the clean output of the token before it — the causal LM's next-token distribution — so the
+    # estimate is exact: Σ_i log p_LM(a_i | c, a_<i), equal to transformers' own logits
+    from transformers import AutoModelForCausalLM
+    from tests.tiny_pretrained import tiny_pretrained
+    from thunderdlm.config import from_dict
+    from thunderdlm.loglikelihood import conditional_loglikelihood
+    from thunderdlm.models import ModelConfig, build_model
+    from thunderdlm.processes import ProcessConfig, build_process
+    state = torch.random.get_rng_state()
+    vocab = tiny_pretrained(tmp_path)
+    torch.random.set_rng_state(state)
+    proc = build_process(from_dict(ProcessConfig, {"name": "block", "block_size": 1}), vocab)
+    model = build_model(ModelConfig(name="hf", path=str(tmp_path), cond_dim=16, shift_logits=True,
+                                    time_conditioning=False), proc.model_vocab_size, 64).eval()
+    x = torch.randint(0, vocab, (14,), generator=torch.Generator().manual_seed(0))
+    P = 5
+    res = conditional_loglikelihood(proc, model, x[:P].tolist(), x[P:].tolist(), mc_num=8,
+                                    batch_size=4, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = AutoModelForCausalLM.from_pretrained(tmp_path)(x[None]).logits[0].double()
+    exact = logits.log_softmax(-1)[P - 1:-1].gather(-1, x[P:, None]).sum().item()
+    assert res.stderr == pytest.approx(0.0, abs=1e-9)
+    assert res.loglikelihood == pytest.approx(exact, abs=1e-4)
