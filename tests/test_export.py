@@ -1,5 +1,6 @@
-"""``thunderdlm export`` of an hf-adapter LoRA run: the merged network, the unmerged base + peft adapter,
-the refusals and the atomic replacement (every family against plain transformers: test_hf_export.py).
+"""``thunderdlm export`` of an hf-adapter LoRA run: the network with its adapters unmerged, the base +
+peft adapter, the refusals and the atomic replacement (every family against plain transformers:
+test_hf_export.py).
 
 One tiny random Llama with a matching byte-level BPE tokenizer (trained here on a few lines) is
 saved like a real pretrained folder; a masked-process run trains LoRA on it for 3 steps (EMA on,
@@ -48,32 +49,29 @@ def exported(tmp_path_factory):
     return root, vocab, result
 
 
-def _base_and_merged(run_ckpt: Path, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(base W, W + scale·B·A) of Q_PROJ from the run's EMA tensors (the weights sampling uses)."""
-    sd = ck.load_tensors(run_ckpt / "ema.safetensors")
-    stem = f"lm.base_model.model.{Q_PROJ}"
-    w, a, b = (sd[f"{stem}.base_layer.weight"], sd[f"{stem}.lora_A.default.weight"],
-               sd[f"{stem}.lora_B.default.weight"])
-    assert b.abs().max() > 1e-3                                   # the adapters were trained
-    return w, w + scale * b @ a
+def _ema(root: Path) -> dict[str, torch.Tensor]:
+    """The run's EMA tensors (the weights sampling uses)."""
+    return ck.load_tensors(ck.latest_checkpoint(root / "run") / "ema.safetensors")
 
 
-def test_the_export_holds_the_merged_network_and_the_same_logits(exported):
+def test_the_export_holds_the_runs_weights_with_lora_unmerged_and_equal_logits(exported):
     root, vocab, res = exported
-    assert res.merged_lora and res.weights == "ema" and res.step == 3
-    w, merged = _base_and_merged(ck.latest_checkpoint(root / "run"), scale=8 / 4)
-    saved = ck.load_tensors(res.out / "model.safetensors")
-    got = saved[f"network.lm.{Q_PROJ}.weight"]
-    assert not torch.allclose(got, w, atol=1e-4)                   # not the base weight
-    torch.testing.assert_close(got, merged, atol=1e-6, rtol=1e-5)
-    assert not any("lora_" in k for k in saved)
-    original, copy = thunderdlm.load(root / "run"), thunderdlm.load(res.out)
-    assert copy.cfg.model.lora_rank == 0 and Path(copy.cfg.model.path) == res.out / "lm"
+    assert res.lora and res.weights == "ema" and res.step == 3
+    original = thunderdlm.load(root / "run")                 # the EMA weights, as sampling uses
+    ours, saved = original.model.state_dict(), ck.load_tensors(res.out / "model.safetensors")
+    assert saved.keys() == {f"network.{k}" for k in ours} == {f"network.{k}" for k in _ema(root)}
+    assert all(torch.equal(saved[f"network.{k}"], v) for k, v in ours.items())       # bit for bit
+    assert ours[f"lm.base_model.model.{Q_PROJ}.lora_B.default.weight"].abs().max() > 1e-3
+    config = json.loads((res.out / "config.json").read_text())
+    assert config["lora"]["rank"] == 4 and config["lora"]["scaling"] == 2.0
+    assert Q_PROJ in config["lora"]["modules"] and not any(".layers.0." in m for m in config["lora"]["modules"])
+    copy = thunderdlm.load(res.out)
+    assert copy.cfg.model.lora_rank == 4 and Path(copy.cfg.model.path) == res.out / "lm"
     x = torch.randint(0, vocab + 1, (2, 16), generator=torch.Generator().manual_seed(0))  # incl. masks
     with torch.no_grad():
         a, b = original.model(x, None), copy.model(x, None)
     assert a.shape == (2, 16, vocab + 1)
-    torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(b, a, atol=0, rtol=0)
     assert copy.tokenizer.fingerprint() == original.tokenizer.fingerprint()
     assert (res.out / "data.json").read_text() == (root / "run" / "data.json").read_text()
     assert len(copy.generate(length=8, steps=4, seed=0)) == 1                # it samples
@@ -81,7 +79,7 @@ def test_the_export_holds_the_merged_network_and_the_same_logits(exported):
 
 def test_lm_holds_the_unmerged_base_and_the_tokenizer_with_the_mask_token(exported):
     root, vocab, res = exported
-    w, _ = _base_and_merged(ck.latest_checkpoint(root / "run"), scale=8 / 4)
+    w = _ema(root)[f"lm.base_model.model.{Q_PROJ}.base_layer.weight"]
     base = AutoModelForCausalLM.from_pretrained(res.out / "lm", local_files_only=True, dtype=torch.float32)
     assert base.config.is_causal is False
     torch.testing.assert_close(base.get_submodule(Q_PROJ).weight.detach(), w, atol=0, rtol=0)
@@ -92,7 +90,7 @@ def test_lm_holds_the_unmerged_base_and_the_tokenizer_with_the_mask_token(export
     adapter = json.loads((res.out / "lora" / "adapter_config.json").read_text())
     assert adapter["r"] == 4 and adapter["lora_alpha"] == 8 and adapter["base_model_name_or_path"] == "../lm"
     info = json.loads((res.out / "thunderdlm_export.json").read_text())
-    assert info["process"] == "masked" and info["noise_token_id"] == vocab and info["merged_lora"]
+    assert info["process"] == "masked" and info["noise_token_id"] == vocab and info["lora"]
     gen = json.loads((res.out / "generation_config.json").read_text())
     assert gen["mask_token_id"] == vocab
 
@@ -105,7 +103,7 @@ def test_cli_refuses_a_non_empty_out_without_force(exported, capsys):
     assert "--force" in capsys.readouterr().err and marker.stat().st_mtime_ns == before
     assert main(["export", str(root / "run"), "--out", str(root / "run")]) == 2   # never the run itself
     assert main(["export", str(root / "run"), "--out", str(res.out), "--force"]) == 0
-    assert "LoRA merged" in capsys.readouterr().out
+    assert "LoRA adapters kept unmerged" in capsys.readouterr().out
     assert marker.stat().st_mtime_ns != before
     assert not list(root.glob(".out.tmp-*"))
     assert thunderdlm.load(res.out).checkpoint == res.out

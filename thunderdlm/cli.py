@@ -201,7 +201,7 @@ def cmd_export(args) -> int:
     from thunderdlm.export import export_run
 
     res = export_run(args.run, args.out, checkpoint=args.checkpoint, force=args.force)
-    lora = ", LoRA merged" if res.merged_lora else ""
+    lora = ", LoRA adapters kept unmerged" if res.lora else ""
     print(f"wrote {res.out}: {res.source_checkpoint.name} ({res.weights} weights{lora}, step {res.step}); "
           f"AutoModel.from_pretrained('{res.out}', trust_remote_code=True) reproduces thunderdlm's "
           f"outputs (largest gap {res.max_abs_diff:.1e}); thunderdlm sample {res.out} samples it"

@@ -7,25 +7,27 @@
     DIR/configuration_thunderdlm.py   the modelling code, copied from thunderdlm/hf_export/: it imports
     DIR/modeling_thunderdlm.py        only torch + transformers and mirrors the thunderdlm network
     DIR/model.safetensors             the whole network (keys "network.<thunderdlm key>"): RUN's EMA
-                                      weights when it kept them (as sampling uses), LoRA merged
+                                      weights when it kept them (as sampling uses); LoRA adapters
+                                      unmerged, as trained (config.lora lists them)
     DIR/tokenizer.json, tokenizer_config.json ...   AutoTokenizer.from_pretrained(DIR): thunderdlm's
                                       tokenizer plus the process's row (mask_token / <|bos|>)
     DIR/generation_config.json        the diffusion sampler's settings (steps, block_length,
                                       remasking, threshold, mask_token_id, process, schedule...)
     DIR/README.md                     the model card (data, config, measured figures, how to sample)
     DIR/thunderdlm_export.json        what thunderdlm.load(DIR) rebuilds the model from: the run's
-                                      config (LoRA merged), the source run, checkpoint and step
+                                      config (model.path = lm), the source run, checkpoint and step
     DIR/tokenizer/, DIR/data.json     thunderdlm's own tokenizer folder and the run's data record
     DIR/lm/                           hf-backbone runs: the causal LM the network is built on (for
                                       LoRA runs its unmerged base, with the run's trained non-LoRA
                                       weights and the mask row), plus the tokenizer
-    DIR/lora/                         hf-backbone LoRA runs: the peft adapter (unmerged);
+    DIR/lora/                         hf-backbone LoRA runs: the peft adapter;
                                       PeftModel.from_pretrained(AutoModelForCausalLM
                                       .from_pretrained(DIR/lm), DIR/lora) is the run's causal LM
 
-Merging: peft's ``...q_proj.base_layer.weight`` W and its adapters A (r, in), B (out, r) become one
-``...q_proj.weight`` W + (alpha / r)·B·A, so the merged network is the one a config with
-``lora_rank=0`` builds. Every export is checked before it is renamed into place: the copied
+LoRA stays unmerged: peft's ``...q_proj.base_layer.weight`` W and adapters A (r, in), B (out, r) are
+exported as they are and the modelling code computes W·x + (alpha / r)·B·(A·x) with peft's ops, so
+the logits are the run's exactly (merging into W + (alpha / r)·B·A rounds differently: 8e-5 on
+SmolLM2's logits, measured). Every export is checked before it is renamed into place: the copied
 modelling code, loaded with the exported weights, must give thunderdlm's outputs on a probe batch
 to 1e-5, and the config, weights and tokenizer ids must agree. Everything is written into a hidden
 sibling folder and renamed to DIR at the end (a failed export leaves no half-written DIR;
@@ -61,7 +63,7 @@ class ExportResult:
     source_checkpoint: Path        # the checkpoint of RUN that was exported
     step: int                      # its training step
     weights: str                   # "ema" or "model": which file of it
-    merged_lora: bool              # whether LoRA adapters were folded in
+    lora: bool                     # a LoRA run (its adapters exported unmerged, and to lora/)
     max_abs_diff: float            # the exported model's largest deviation on the probe batch
     lora_dir: Path | None = None   # the peft adapter (LoRA runs)
 
@@ -75,25 +77,21 @@ def export_run(run: str | Path, out: str | Path, checkpoint: str | None = None,
     cfg = lm.cfg
     weights = lm.weights_file.removesuffix(".safetensors")
     hf = find_hf_backbone(lm.model, run_dir) if cfg.model.name == "hf" else None
-    merged = hf is not None and cfg.model.lora_rank > 0
+    lora = hf is not None and cfg.model.lora_rank > 0
     source = lm.source_info()
     with ck.atomic_folder(out) as tmp:
         if hf is not None:
-            _write_lm(tmp, hf[1], lm, lora=merged)
+            _write_lm(tmp, hf[1], lm, lora=lora)
         state = lm.model.state_dict()
-        leftover = [k for k in state if "lora_" in k]
-        if leftover:
-            raise CheckpointError(f"merging the LoRA adapters of '{lm.checkpoint}' left {len(leftover)} "
-                                  f"adapter tensors (e.g. {leftover[0]}); the export was not written")
         config = hf_config.build(lm, hf[1] if hf else None)
         _write_transformers(tmp, lm, state, config)
         gen = hf_config.generation_settings(lm)
         ck.atomic_write_text(tmp / "generation_config.json", json.dumps(gen, indent=1))
-        _write_thunderdlm(tmp, lm, _exported_config(cfg), source, weights, merged)
-        ck.atomic_write_text(tmp / "README.md", card.model_card(lm, config, gen, source, run_dir, merged))
+        _write_thunderdlm(tmp, lm, _exported_config(cfg), source, weights, lora)
+        ck.atomic_write_text(tmp / "README.md", card.model_card(lm, config, gen, source, run_dir, lora))
         diff = _verify(tmp, lm, state, config)
-    return ExportResult(out, lm.checkpoint, int(source.get("step", 0)), weights, merged, diff,
-                        out / LORA_DIR if merged else None)
+    return ExportResult(out, lm.checkpoint, int(source.get("step", 0)), weights, lora, diff,
+                        out / LORA_DIR if lora else None)
 
 
 # ---- finding the adapter ---------------------------------------------------------------------------
@@ -123,18 +121,17 @@ def _check_out(run_dir: Path, out: Path, force: bool) -> None:
 
 
 def _exported_config(cfg: RunConfig) -> RunConfig:
-    """The run config thunderdlm.load(DIR) builds: no LoRA (merged), an hf backbone read from DIR/lm
-    (a path relative to the export folder, so the folder can move)."""
+    """The run config thunderdlm.load(DIR) builds: an hf backbone read from DIR/lm (a path relative
+    to the export folder, so the folder can move; LoRA is applied on it as in training)."""
     data = cfg.to_dict()
     if data["model"]["name"] == "hf":
-        data["model"]["lora_rank"] = 0
         data["model"]["path"] = LM_DIR
     return RunConfig.from_data(data)
 
 
 def _write_lm(folder: Path, backbone: HFDenoiser, lm: LoadedRun, lora: bool) -> None:
     """DIR/lm: the causal LM the network builds on (its unmerged base for LoRA runs, bidirectional
-    config) + the tokenizer with the mask token; DIR/lora: the peft adapter. Then merges in place."""
+    config) + the tokenizer with the mask token; DIR/lora: the peft adapter."""
     causal = backbone.causal_lm
     causal.config.is_causal = False           # trained bidirectional (the adapter sets it too)
     base = {k.replace(".base_layer.", "."): v for k, v in causal.state_dict().items() if "lora_" not in k}
@@ -148,7 +145,6 @@ def _write_lm(folder: Path, backbone: HFDenoiser, lm: LoadedRun, lora: bool) -> 
         data = json.loads(adapter_cfg.read_text())
         data["base_model_name_or_path"] = f"../{LM_DIR}"      # relative: the folder may move
         ck.atomic_write_text(adapter_cfg, json.dumps(data, indent=2))
-        backbone.merge_lora()
 
 
 def _write_transformers(folder: Path, lm: LoadedRun, state: dict, config) -> None:
@@ -163,7 +159,7 @@ def _write_transformers(folder: Path, lm: LoadedRun, state: dict, config) -> Non
 
 
 def _write_thunderdlm(folder: Path, lm: LoadedRun, cfg: RunConfig, source: dict, weights: str,
-                      merged: bool) -> None:
+                      lora: bool) -> None:
     """thunderdlm_export.json, tokenizer/ and data.json: what thunderdlm.load(DIR) reads."""
     lm.tokenizer.save(folder / "tokenizer")
     if (lm.run_dir / "data.json").exists():
@@ -171,7 +167,7 @@ def _write_thunderdlm(folder: Path, lm: LoadedRun, cfg: RunConfig, source: dict,
     for name in ("eval.json",):
         if (lm.run_dir / name).exists():
             shutil.copy2(lm.run_dir / name, folder / name)
-    info = {"format": 1, "run_config": cfg.to_dict(), "weights": weights, "merged_lora": merged,
+    info = {"format": 1, "run_config": cfg.to_dict(), "weights": weights, "lora": lora,
             "process": lm.process.name, "noise_token_id": lm.process.noise_token_id,
             "tokenizer_vocab_size": lm.tokenizer.vocab_size,
             "model_vocab_size": lm.process.model_vocab_size, **source}

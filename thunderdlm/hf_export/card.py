@@ -2,10 +2,9 @@
 the run measured (``eval.json``, copied as it is: nothing is computed or invented here) and how to
 sample, with ``thunderdlm sample`` and, for masked-type models, in plain torch + transformers.
 
-``MASKED_SAMPLER`` is that plain sampler: LLaDA's low-confidence remasking over semi-autoregressive
-blocks (commit the most confident masked positions each step, the count spread evenly over the
-steps of a block). The export tests run it, as printed in the card, in a process that imports only
-torch and transformers.
+``MASKED_SAMPLER`` is that snippet: the exported model's own ``generate()`` (LLaDA's low-confidence
+remasking over blocks, ``modeling_thunderdlm.py``). The export tests run it, as printed in the card,
+in a process that imports only torch and transformers.
 """
 from __future__ import annotations
 
@@ -14,56 +13,23 @@ import json
 MASKED_PROCESSES = ("masked", "block")
 
 #: a complete masked-diffusion sampler over the exported model; ``{dir}`` is filled in
-MASKED_SAMPLER = '''import json, math, torch
+MASKED_SAMPLER = '''import json, torch
 from transformers import AutoModel, AutoTokenizer
 
 path = "{dir}"
-model = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
-tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)   # reads config.json
+model = AutoModel.from_pretrained(path, trust_remote_code=True).eval()   # modeling_thunderdlm.py
+tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)         # reads config.json
 gen = json.load(open(f"{{path}}/generation_config.json"))
-mask, L = gen["mask_token_id"], gen["seq_len"]
-steps, block = 32, gen["block_length"] or L
-prompt = tok.encode("{prompt}", add_special_tokens=False)
-x = torch.full((1, L), mask)
-x[0, :len(prompt)] = torch.tensor(prompt)
-
-
-def sigma(t):            # the noise level the network was trained with (log-linear schedule)
-    if not gen["time_conditioning"]:
-        return torch.zeros(1)
-    alpha = 1 - (1 - (gen["schedule_eps"] or 0.0)) * t           # keep probability at time t
-    return torch.full((1,), min(-math.log(max(alpha, 1e-30)), -math.log(1e-3)))   # clamped as trained
-
-
+mask = gen["mask_token_id"]
+prompt = torch.tensor([tok.encode("{prompt}", add_special_tokens=False)], dtype=torch.long)
 torch.manual_seed(0)
-with torch.no_grad():
-    for start in range(len(prompt), L, block):
-        end = min(start - start % block + block, L) if gen["block_length"] else L
-        todo = (x[0, start:end] == mask).sum().item()
-        n_steps = max(1, min(steps, todo))
-        for i in range(n_steps):
-            hidden = x[0] == mask
-            hidden[end:] = False
-            if not hidden.any():
-                break
-            t = (x[0, :end] == mask).float().mean().item()
-            allowed = torch.ones(1, 1, L, L, dtype=torch.bool)
-            if gen["block_length"]:          # block diffusion: a block sees itself and earlier blocks
-                b = torch.arange(L) // block
-                allowed = (b[None, :] <= b[:, None])[None, None]
-            logits = model(x, timesteps=sigma(t), attention_mask=allowed).logits[0]
-            logits[:, mask] = -math.inf
-            probs = logits.softmax(-1)
-            draw = torch.multinomial(probs, 1)[:, 0]
-            conf = probs.gather(1, draw[:, None])[:, 0].masked_fill(~hidden, -1.0)
-            k = math.ceil(hidden.sum().item() / (n_steps - i))
-            pick = conf.topk(k).indices
-            x[0, pick] = draw[pick]
+x = model.generate(prompt, max_new_tokens=gen["seq_len"] - prompt.shape[1], steps=32,
+                   block_length=gen["block_length"], temperature=1.0, remasking="low_confidence")
 print(tok.decode(x[0].tolist()))
 '''
 
 
-def model_card(lm, config, gen: dict, source: dict, run_dir, merged: bool) -> str:
+def model_card(lm, config, gen: dict, source: dict, run_dir, lora: bool) -> str:
     """README.md of the export of ``lm`` (a ``loading.LoadedRun``)."""
     cfg = lm.cfg
     n_params = sum(p.numel() for p in {id(p): p for p in lm.model.parameters()}.values())
@@ -73,7 +39,7 @@ def model_card(lm, config, gen: dict, source: dict, run_dir, merged: bool) -> st
         f"# {run_dir.name}: a {cfg.process.name} diffusion LM ({cfg.model.name} backbone)", "",
         f"Exported by `thunderdlm export` from `{source.get('source_run')}` "
         f"({source.get('checkpoint')}, step {source.get('step')}, {source.get('tokens', 0):,} training "
-        f"tokens; {lm.weights_file} weights{', LoRA merged' if merged else ''}). "
+        f"tokens; {lm.weights_file} weights{', LoRA adapters unmerged' if lora else ''}). "
         f"{n_params:,} parameters; context {lm.context} tokens; vocabulary "
         f"{lm.tokenizer.vocab_size} ({lm.tokenizer.kind} tokenizer) + "
         f"{lm.process.model_vocab_size - lm.tokenizer.vocab_size} process token(s).", "",
@@ -97,12 +63,13 @@ def model_card(lm, config, gen: dict, source: dict, run_dir, merged: bool) -> st
         + " --prompt \"...\"", "thunderdlm eval PATH --windows 64", "```", "",
     ]
     if cfg.process.name in MASKED_PROCESSES and _plain_sampler_fits(gen):
-        lines += ["With plain torch + transformers (low-confidence remasking, LLaDA):", "",
+        lines += ["With plain torch + transformers (the model's `generate()`: LLaDA's low-confidence "
+                  "remasking, block by block):", "",
                   "```python", MASKED_SAMPLER.format(dir="PATH", prompt="").rstrip(), "```", ""]
     else:
         lines += [f"The reverse process of `{cfg.process.name}` is thunderdlm's "
                   f"(`thunderdlm/processes/`); the exported network gives its outputs exactly.", ""]
-    if (lm.run_dir / "lora").is_dir() or merged:
+    if lora:
         lines += ["## The LoRA adapter", "",
                   "```python", "from peft import PeftModel",
                   "from transformers import AutoModelForCausalLM",
@@ -113,7 +80,7 @@ def model_card(lm, config, gen: dict, source: dict, run_dir, merged: bool) -> st
 
 
 def _plain_sampler_fits(gen: dict) -> bool:
-    """The card's plain sampler computes σ(t) for the log-linear schedule only."""
+    """``generate()`` computes σ(t) for the log-linear schedule only."""
     return not gen.get("time_conditioning") or gen.get("schedule") == "loglinear"
 
 

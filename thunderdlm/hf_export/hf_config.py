@@ -43,7 +43,8 @@ def build(lm, hf_backbone=None) -> ThunderDLMConfig:
     if hf_backbone is not None:
         lm_config = hf_backbone.causal_lm.config.to_dict()
         lm_config["is_causal"] = False
-        fields.update(lm_config=lm_config, time_injection=m.time_injection, shift_logits=m.shift_logits)
+        fields.update(lm_config=lm_config, time_injection=m.time_injection, shift_logits=m.shift_logits,
+                      lora=lora_layout(hf_backbone, m))
     role = extra_token_role(process.name, process.model_vocab_size - lm.tokenizer.vocab_size)
     return ThunderDLMConfig(
         backbone=m.name, vocab_size=backbone.vocab_size, out_dim=backbone.out_dim,
@@ -53,7 +54,19 @@ def build(lm, hf_backbone=None) -> ThunderDLMConfig:
         tie_embeddings=m.tie_embeddings, process=process.name,
         mask_token_id=process.noise_token_id if role == "mask" else None,
         block_size=getattr(cfg.process, "block_size", None),
+        schedule=getattr(cfg.process, "schedule", None), schedule_eps=getattr(cfg.process, "eps", 0.0) or 0.0,
+        sigma_conditioning=bool(process.name in ("masked", "block") and cfg.process.time_conditioning),
         auto_map=dict(AUTO_MAP), architectures=["ThunderDLMModel"], **fields)
+
+
+def lora_layout(hf_backbone, m) -> dict | None:
+    """A LoRA run's adapters as the modelling code rebuilds them: rank, scaling and the adapted
+    modules (paths inside the causal LM, read from peft's ``<module>.lora_A.default.weight`` keys)."""
+    if m.lora_rank == 0:
+        return None
+    suffix = ".lora_A.default.weight"
+    modules = sorted(k.removesuffix(suffix) for k in hf_backbone.causal_lm.state_dict() if k.endswith(suffix))
+    return {"rank": m.lora_rank, "scaling": (m.lora_alpha or m.lora_rank) / m.lora_rank, "modules": modules}
 
 
 def generation_settings(lm) -> dict:

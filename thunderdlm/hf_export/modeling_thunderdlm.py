@@ -25,8 +25,9 @@ Inputs of :meth:`ThunderDLMModel.forward` (``B`` batch, ``L`` length, ``D`` widt
   forcing wrapper reads the noisy token embeddings (B, L, D).
 - ``causal``: override the default attention direction (``config.causal``).
 
-How to sample is process-specific and is not done here; the model card (README.md) shows a masked
-diffusion sampler in plain torch and ``thunderdlm sample DIR`` runs every process.
+``generate()`` samples masked and block diffusion models (LLaDA's low-confidence remasking, block
+by block); every other process has its own reverse process, which ``thunderdlm sample DIR`` runs
+(``generate()`` says so by name instead of decoding left to right).
 """
 from __future__ import annotations
 
@@ -317,10 +318,40 @@ class GPT(nn.Module):
 
 # ---- a pretrained causal LM as the backbone (thunderdlm/models/hf_adapter.py) -------------------------
 
+class LoraLinear(nn.Module):
+    """peft's LoRA Linear, unmerged: base(x) + B(A(x))·scaling (the same ops as peft, so the outputs
+    are the trained run's to the last bit, where merging W + s·BA would round differently)."""
+
+    def __init__(self, base: nn.Linear, rank: int, scaling: float) -> None:
+        super().__init__()
+        self.base_layer, self.scaling = base, scaling
+        self.lora_A = nn.ModuleDict({"default": nn.Linear(base.in_features, rank, bias=False)})
+        self.lora_B = nn.ModuleDict({"default": nn.Linear(rank, base.out_features, bias=False)})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        return result + self.lora_B["default"](self.lora_A["default"](x)) * self.scaling
+
+
+class PeftLayout(nn.Module):
+    """Holds the causal LM as ``base_model.model`` (peft's ``PeftModel`` layout, so a LoRA run's
+    weights keep their keys) and wraps the ``modules`` LoRA adapted."""
+
+    def __init__(self, causal: nn.Module, modules: list[str], rank: int, scaling: float) -> None:
+        super().__init__()
+        self.base_model = nn.Module()
+        self.base_model.model = causal
+        for name in modules:
+            parent, _, leaf = name.rpartition(".")
+            owner = causal.get_submodule(parent) if parent else causal
+            setattr(owner, leaf, LoraLinear(getattr(owner, leaf), rank, scaling))
+
+
 class HFDenoiser(nn.Module):
     """The causal LM run bidirectionally (is_causal=False), with a zero-initialised time injection
     (add: + T(σ) on the input embeddings; film: h_l (1 + s_l) + b_l before each decoder block), the
-    LM head (or a new head when the output is not the vocabulary) and the optional logit shift."""
+    LM head (or a new head when the output is not the vocabulary) and the optional logit shift.
+    A LoRA run keeps its adapters unmerged (``config.lora``: rank, scaling, the adapted modules)."""
 
     def __init__(self, c: ThunderDLMConfig) -> None:
         super().__init__()
@@ -329,11 +360,15 @@ class HFDenoiser(nn.Module):
         lm_cfg.pop("architectures", None)
         inner = AutoConfig.for_model(**lm_cfg)
         inner.is_causal, inner.use_cache = False, False
-        self.lm = AutoModelForCausalLM.from_config(inner, attn_implementation="sdpa")
-        blocks = next(getattr(self.lm.base_model, n) for n in ("layers", "h")
-                      if isinstance(getattr(self.lm.base_model, n, None), nn.ModuleList))
+        causal = AutoModelForCausalLM.from_config(inner, attn_implementation="sdpa")
+        if c.lora:
+            self.lm = PeftLayout(causal, c.lora["modules"], c.lora["rank"], c.lora["scaling"])
+        else:
+            self.lm = causal
+        blocks = next(getattr(self.causal_lm.base_model, n) for n in ("layers", "h")
+                      if isinstance(getattr(self.causal_lm.base_model, n, None), nn.ModuleList))
         self.n_layers = len(blocks)
-        D = int(self.lm.get_input_embeddings().weight.shape[1])
+        D = int(self.causal_lm.get_input_embeddings().weight.shape[1])
         self._hidden, self._film = D, None
         tc = c.time_conditioning
         self.time_embed = TimestepEmbedder(c.cond_dim) if tc else None
@@ -345,8 +380,13 @@ class HFDenoiser(nn.Module):
                 block.register_forward_pre_hook(self._film_hook(i), with_kwargs=True)
 
     @property
+    def causal_lm(self) -> nn.Module:
+        """The ``*ForCausalLM`` (LoRA layers, if any, inside it)."""
+        return self.lm.base_model.model if isinstance(self.lm, PeftLayout) else self.lm
+
+    @property
     def token_embedding(self) -> torch.Tensor:
-        return self.lm.get_input_embeddings().weight
+        return self.causal_lm.get_input_embeddings().weight
 
     def forward(self, x, sigma, *, causal, inputs_embeds=None, mask=None, positions=None,
                 valid=None, return_hidden=False):
@@ -370,14 +410,14 @@ class HFDenoiser(nn.Module):
         if positions is not None:
             kwargs["position_ids"] = positions[None].expand(B, -1)
         try:
-            f = self.lm.base_model(inputs_embeds=h, **kwargs).last_hidden_state
+            f = self.causal_lm.base_model(inputs_embeds=h, **kwargs).last_hidden_state
         finally:
             self._film = None
         if return_hidden:
             return f.float()
         if self.head is not None:
             return self.head(f).float()
-        logits = self.lm.get_output_embeddings()(f)[..., : self.cfg.vocab_size]
+        logits = self.causal_lm.get_output_embeddings()(f)[..., : self.cfg.vocab_size]
         if self.cfg.shift_logits:
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits.float()
@@ -534,6 +574,91 @@ class ThunderDLMModel(PreTrainedModel):
             out = self.network(input_ids, timesteps, causal=c.causal if causal is None else bool(causal),
                                inputs_embeds=inputs_embeds, mask=pattern, positions=positions, valid=valid)
         return ThunderDLMOutput(logits=out) if return_dict else (out,)
+
+    # ---- sampling (masked and block diffusion) ------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor | None = None, max_new_tokens: int = 64, steps: int = 64,
+                 block_length: int | None = None, temperature: float = 1.0,
+                 remasking: str = "low_confidence", generator: torch.Generator | None = None,
+                 **kwargs) -> torch.Tensor:
+        """Masked diffusion sampling (LLaDA): ``input_ids`` (B, P) prompt (None: no prompt) followed
+        by ``max_new_tokens`` masks, decoded block by block (``block_length``, default the whole
+        span; a block-diffusion model's own block size), ``steps`` network calls shared out over the
+        blocks; each call commits an even share of the block's masked positions: those whose drawn
+        token is most probable (``remasking="low_confidence"``) or chosen at random (``"random"``).
+        ``temperature`` 0 takes the argmax. Returns (B, P + max_new_tokens) ids.
+
+        Only masked and block models sample this way; other processes (uniform, score entropy,
+        embedding, forcing, autoregressive) have their own reverse process: ``thunderdlm sample``."""
+        c = self.config
+        if c.process not in ("masked", "block") or c.mask_token_id is None or c.wrapper != "none":
+            raise ValueError(f"generate() samples masked / block diffusion models; this one is a "
+                             f"{c.process!r} model: sample it with `thunderdlm sample <this folder>`")
+        if c.sigma_conditioning and c.schedule != "loglinear":
+            raise ValueError(f"generate() computes σ(t) for the log-linear schedule; this model was "
+                             f"trained on {c.schedule!r}: sample it with `thunderdlm sample`")
+        if remasking not in ("low_confidence", "random"):
+            raise ValueError(f"remasking must be 'low_confidence' or 'random', got {remasking!r}")
+        device = self.network.token_embedding.device
+        prompt = (torch.zeros(1, 0, dtype=torch.long, device=device) if input_ids is None
+                  else input_ids.to(device))
+        B, P = prompt.shape
+        L = P + max_new_tokens
+        if max_new_tokens < 1 or L > c.max_seq_len:
+            raise ValueError(f"prompt ({P}) + max_new_tokens ({max_new_tokens}) must be within the "
+                             f"context of {c.max_seq_len} tokens, with at least one new token")
+        mask = c.mask_token_id
+        x = torch.cat([prompt, torch.full((B, max_new_tokens), mask, device=device)], dim=1)
+        pattern = None
+        if c.process == "block":                      # block-causal on the grid the model was trained on
+            b = torch.arange(L, device=device) // c.block_size
+            pattern = (b[None, :] <= b[:, None])[None, None]                    # (1, 1, L, L)
+            block_length = block_length or c.block_size
+        block_length = block_length or max_new_tokens
+        starts = list(range(P, L, block_length))
+        per_block = max(1, steps // len(starts))
+        for start in starts:
+            end = min(start + block_length, L)
+            for i in range(per_block):
+                hidden = x[:, :end] == mask                                       # (B, end)
+                hidden[:, :start] = False
+                if not hidden.any():
+                    break
+                left = hidden.sum(dim=1)                                          # (B,)
+                k = torch.ceil(left / (per_block - i)).long()                     # commits this call
+                t = (x == mask).float().mean(dim=1)                               # masked fraction
+                logits = self(x, timesteps=self._sigma(t), attention_mask=pattern).logits[:, :end]
+                logits[..., mask] = -math.inf                                     # never predict M
+                x[:, :end] = self._commit(x[:, :end], logits, hidden, k, temperature, remasking, generator)
+        return x
+
+    def _sigma(self, t: torch.Tensor) -> torch.Tensor | None:
+        """σ(t) = -log α_t of the log-linear schedule (α_t = 1 - (1 - ε) t), clamped to [0, -log 1e-3]
+        as in training; None for a time-agnostic model."""
+        if not self.config.sigma_conditioning:
+            return None
+        alpha = (1 - (1 - self.config.schedule_eps) * t).clamp(min=1e-30)
+        return (-torch.log(alpha)).clamp(0.0, -math.log(1e-3))
+
+    @staticmethod
+    def _commit(x, logits, hidden, k, temperature, remasking, generator):
+        """Draw a token at every hidden position, keep the k per row with the highest score."""
+        if temperature == 0:
+            draw = logits.argmax(-1)
+            probs = logits.softmax(-1)
+        else:
+            probs = (logits / temperature).softmax(-1)                            # (B, n, V)
+            draw = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(probs.shape[:2])
+        if remasking == "low_confidence":
+            score = probs.gather(-1, draw[..., None])[..., 0]
+        else:
+            score = torch.rand(draw.shape, device=draw.device, generator=generator)
+        score = score.masked_fill(~hidden, -1.0)
+        order = score.argsort(dim=1, descending=True)
+        rank = order.argsort(dim=1)                                               # rank of each position
+        keep = hidden & (rank < k[:, None])
+        return torch.where(keep, draw, x)
 
 
 class ThunderDLMForMaskedLM(ThunderDLMModel):
