@@ -39,8 +39,14 @@ def warp_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
 
 
 def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Draw one index per row of (..., V) non-negative weights."""
-    u = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=torch.float64)
+    """Draw one index per row of (..., V) non-negative weights.
+
+    ``generator``: a ``torch.Generator``, None, or per-row generators (``thunderdlm/rng.py``
+    ``RowGenerators``, duck-typed here by its ``rand``: each row of dim 0 draws from its own)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        u = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=torch.float64)
+    else:
+        u = generator.rand(probs.shape, device=probs.device, dtype=torch.float64)
     gumbel_exp = 1e-10 - torch.log(u + 1e-10)          # Exp(1) draws
     return (probs.double() / gumbel_exp).argmax(dim=-1)
 

@@ -34,8 +34,8 @@ Structured attention (block diffusion, BD3-LM)::
                                              # m (L, L) or (B, 1, L, L) bool, True = may attend,
                                              # or a PiecewiseMask (the same pattern run piece by
                                              # piece: models/attention_mask.py);
-                                             # it replaces ``causal``. pos (L,) long: the
-                                             # position of each input (rotary angles, position
+                                             # it replaces ``causal``. pos (L,) or (B, L) long:
+                                             # the position of each input (rotary angles, position
                                              # tables), default 0..L-1; with ``positions`` the
                                              # input may be up to 2·max_seq_len long (x_t ⊕ x0),
                                              # each position must be < max_seq_len
@@ -51,7 +51,9 @@ Padding (variable-length windows in one batch, a batching server)::
   cached default — into one (B, 1, L, K) boolean mask, so it works with every other argument.
 - A padded query still sees itself (no empty softmax row, no NaN); its output is meaningless and
   the processes leave it out of every loss and bound. Each row needs at least one real token.
-- Positions are not shifted: pad on the right (or give ``positions``) so real tokens keep theirs.
+- Positions are not shifted: pad on the right, or give ``positions`` (B, L), one row per
+  sequence, so real tokens keep theirs wherever the pads are (a left-padded batch of prompts of
+  different lengths, ``sampling/batched.py``: row i's real tokens at positions 0..n_i−1).
 
 Incremental causal decoding (backbones with ``supports_kv_cache``)::
 
@@ -68,7 +70,8 @@ Incremental causal decoding (backbones with ``supports_kv_cache``)::
 - ``sigma``: ``(B,)`` per sequence, or ``(B, n)`` per token for the *new* positions only (the same
   shape as ``x_new``). Cached keys and values keep the σ they were computed with.
 - ``attn_mask`` (n, P + n) bool replaces the causal rule for the new queries (block decoding: a
-  block sees every cached position and the whole block); ``positions`` (n,) defaults to P..P+n-1.
+  block sees every cached position and the whole block); ``positions`` (n,) or (B, n) defaults
+  to P..P+n-1; ``valid`` then covers the keys (B, P + n).
   A forward whose keys must not stay in the cache (a noisy block being denoised) is followed by
   ``cache.crop(P)``.
 - ``causal`` must resolve to True unless ``attn_mask`` is given (a bidirectional model has no
@@ -205,8 +208,8 @@ class Backbone(nn.Module, metaclass=ABCMeta):
 
     def _check_structure(self, L: int, attn_mask: torch.Tensor | None,
                          positions: torch.Tensor | None, cached: int = 0) -> None:
-        """``attn_mask`` (L, cached + L) or (B, 1, L, cached + L) bool; ``positions`` (L,) long in
-        [0, max_seq_len)."""
+        """``attn_mask`` (L, cached + L) or (B, 1, L, cached + L) bool; ``positions`` (L,) or
+        (B, L) long in [0, max_seq_len)."""
         if isinstance(attn_mask, PiecewiseMask):
             if cached or attn_mask.shape != (L, L):
                 raise ValueError(f"a PiecewiseMask of shape {attn_mask.shape} does not fit "
@@ -216,9 +219,9 @@ class Backbone(nn.Module, metaclass=ABCMeta):
                 raise ValueError(f"attn_mask must be bool (..., {L}, {cached + L}), got "
                                  f"{attn_mask.dtype} {tuple(attn_mask.shape)}")
         if positions is not None:
-            if positions.shape != (L,) or positions.is_floating_point():
-                raise ValueError(f"positions must be ({L},) integers, got {positions.dtype} "
-                                 f"{tuple(positions.shape)}")
+            if positions.dim() not in (1, 2) or positions.shape[-1] != L or positions.is_floating_point():
+                raise ValueError(f"positions must be ({L},) or (B, {L}) integers, got "
+                                 f"{positions.dtype} {tuple(positions.shape)}")
             if L and not (0 <= int(positions.min()) and int(positions.max()) < self.max_seq_len):
                 raise ValueError(f"positions must lie in 0..{self.max_seq_len - 1} (max_seq_len), "
                                  f"got {int(positions.min())}..{int(positions.max())}")

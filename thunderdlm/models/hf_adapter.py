@@ -248,7 +248,8 @@ class HFDenoiser(Backbone):
         kwargs.update(self._attention(h, causal) if attn_mask is None
                       else self._explicit_mask(h, attn_mask))
         if positions is not None:
-            kwargs["position_ids"] = positions[None].expand(h.shape[0], -1)
+            kwargs["position_ids"] = (positions[None].expand(h.shape[0], -1) if positions.dim() == 1
+                                      else positions)                   # (B, L): one row each
         return self.causal_lm.base_model(inputs_embeds=h, **kwargs).last_hidden_state
 
     def _cache_kwarg(self) -> str:

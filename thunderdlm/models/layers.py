@@ -135,11 +135,14 @@ class Rotary:
 
         The positions are ``offset..offset+L-1`` (``offset > 0``: incremental decoding with a KV
         cache, the new tokens sit after the ``offset`` cached ones), or ``positions`` (L,) long
-        when given (block diffusion's ``x_t ⊕ x0`` input repeats positions 0..L-1 twice).
+        when given (block diffusion's ``x_t ⊕ x0`` input repeats positions 0..L-1 twice), or
+        (B, L) long: each row's own (a left-padded batch of prompts of different lengths).
         """
         if positions is not None:
             cos, sin = self.cos_sin(int(positions.max()) + 1, q.device, q.dtype)
-            cos, sin = cos[positions], sin[positions]                       # (L, Dh)
+            cos, sin = cos[positions], sin[positions]                       # (L, Dh) | (B, L, Dh)
+            if positions.dim() == 2:
+                cos, sin = cos[:, None], sin[:, None]                       # (B, 1, L, Dh)
         else:
             cos, sin = self.cos_sin(offset + q.shape[-2], q.device, q.dtype)   # (offset + L, Dh)
             if offset:

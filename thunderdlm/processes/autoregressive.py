@@ -42,6 +42,7 @@ from thunderdlm.processes.base import (LossOutput, Process, StepContext, StepOut
                                         pad_kwargs, real_mean)
 from thunderdlm.processes.config import ProcessConfig
 from thunderdlm.categorical import draw_tokens
+from thunderdlm import rng
 
 
 @dataclass
@@ -56,6 +57,7 @@ class AutoregressiveProcess(Process):
     name = "autoregressive"
     config_cls = AutoregressiveConfig
     exact_likelihood = True
+    pads_exactly = True
 
     def __init__(self, cfg: AutoregressiveConfig, vocab_size: int):
         super().__init__(cfg, vocab_size)
@@ -69,15 +71,33 @@ class AutoregressiveProcess(Process):
     def noise_token_id(self) -> int:
         return self.bos_id
 
-    def network_input(self, x: torch.Tensor) -> torch.Tensor:
-        """x shifted right behind BOS: (B, L) -> (B, L), ``inp[:, p]`` predicts ``x[:, p]``."""
-        return torch.cat([torch.full_like(x[:, :1], self.bos_id), x[:, :-1]], dim=1)
+    def network_input(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """x shifted right behind BOS: (B, L) -> (B, L), ``inp[:, p]`` predicts ``x[:, p]``.
+        With ``valid`` (B, L) a row's BOS sits at its first real column (column 0 unless the row
+        is left-padded: ``sampling/batched.py``)."""
+        inp = torch.cat([torch.full_like(x[:, :1], self.bos_id), x[:, :-1]], dim=1)
+        if valid is not None:
+            inp = inp.scatter(1, valid.int().argmax(dim=1, keepdim=True), self.bos_id)
+        return inp
 
-    def logits(self, model: nn.Module, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    @staticmethod
+    def input_valid(valid: torch.Tensor) -> torch.Tensor:
+        """(B, L) real columns of ``network_input(x, valid)``: the BOS at a row's first real
+        column f, then column c > f when x[c − 1] is real (right padding: [True, valid[:, :-1]];
+        left padding: ``valid`` itself)."""
+        first = valid.int().argmax(dim=1, keepdim=True)                            # (B, 1)
+        cols = torch.arange(valid.shape[1], device=valid.device)[None, :]
+        prev = torch.cat([torch.zeros_like(valid[:, :1]), valid[:, :-1]], dim=1)
+        return (cols == first) | prev
+
+    def logits(self, model: nn.Module, x: torch.Tensor, valid: torch.Tensor | None = None,
+               positions: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L, V) next-token logits for every position of x, BOS excluded from the outputs.
-        ``valid`` (B, L) marks x's real tokens; input p holds x[p − 1] (BOS at 0, always real)."""
-        keys = None if valid is None else torch.cat([torch.ones_like(valid[:, :1]), valid[:, :-1]], 1)
-        out = model(self.network_input(x), None, causal=True, **pad_kwargs(keys)).float()
+        ``valid`` (B, L) marks x's real tokens (input p holds x[p − 1], the BOS at a row's first
+        real column); ``positions`` (B, L): each row's own, for a left-padded batch."""
+        keys = None if valid is None else self.input_valid(valid)
+        extra = {} if positions is None else {"positions": positions}
+        out = model(self.network_input(x, valid), None, causal=True, **pad_kwargs(keys), **extra).float()
         return out[..., : self.vocab_size]
 
     def nelbo(self, model: nn.Module, x0: torch.Tensor, generator=None,
@@ -118,10 +138,11 @@ class AutoregressiveProcess(Process):
             if self.cfg.kv_cache and getattr(model, "supports_kv_cache", False):
                 logits = self._cached_logits(model, x, pos, active, ctx)    # (B, V)
             else:
-                logits = self.logits(model, x)[rows, pos]                  # (B, V)
+                logits = self.logits(model, x, ctx.valid, ctx.positions)[rows, pos]   # (B, V)
             ctx.nfe += 1
             opts = ctx.options
-            tok = draw_tokens(logits, opts.temperature, opts.top_k, opts.top_p, ctx.generator)
+            tok = rng.draw_rows(ctx.generator, active, lambda g, r: draw_tokens(
+                logits[r], opts.temperature, opts.top_k, opts.top_p, g), pos)      # (B,)
             x[rows[active], pos[active]] = tok[active]
         return StepOutput(x, x)
 
@@ -132,7 +153,7 @@ class AutoregressiveProcess(Process):
         Rows that are not ``active`` get logits for some position (they are drawn and discarded,
         as on the recompute path).
         """
-        inp = self.network_input(x)                                        # (B, L)
+        inp = self.network_input(x, ctx.valid)                             # (B, L)
         cache: KVCache | None = ctx.cache.get("ar_kv")
         fed: torch.Tensor | None = ctx.cache.get("ar_fed")                 # (B, P) inputs cached
         if cache is None or fed is None or fed.shape[0] != x.shape[0]:
@@ -143,7 +164,12 @@ class AutoregressiveProcess(Process):
         start = min(valid, int(pos[active].min()))
         end = int(pos[active].max()) + 1                                   # feed inp[start:end]
         cache.crop(start)
-        out = model(inp[:, start:end], None, causal=True, kv_cache=cache)  # (B, end - start, V)
+        pads = {}
+        if ctx.valid is not None:            # a left-padded batch: the input's real keys 0..end−1
+            pads["valid"] = self.input_valid(ctx.valid)[:, :end]
+        if ctx.positions is not None:
+            pads["positions"] = ctx.positions[:, start:end]
+        out = model(inp[:, start:end], None, causal=True, kv_cache=cache, **pads)  # (B, end − start, V)
         ctx.cache["ar_kv"], ctx.cache["ar_fed"] = cache, inp[:, :end].clone()
         idx = (pos - start).clamp(0, end - start - 1)                      # (B,)
         rows = torch.arange(x.shape[0], device=x.device)

@@ -51,7 +51,10 @@ class StepContext:
 
     ``t`` > ``s`` are the current and next times in [0, 1] (``s = 0`` on a block's last step).
     ``editable`` marks the positions this step may change (the current block's generated
-    positions); every other position must come back unchanged. ``n_commit`` is the number of
+    positions); every other position must come back unchanged. ``generator`` is one
+    ``torch.Generator`` or per-row ``RowGenerators`` (``thunderdlm/rng.py``: steps draw through its
+    helpers so that each row's draws are its own). ``valid`` / ``positions`` describe a left-padded
+    batch (``forward_kwargs`` hands them to the backbone). ``n_commit`` is the number of
     positions per row to decide in this step when the loop asks for parallel decoding with a fixed
     schedule (LLaDA); ``None`` lets the process follow its own ancestral rule.
     """
@@ -66,6 +69,20 @@ class StepContext:
     run_cache: dict[str, Any] = field(default_factory=dict)  # kept for the whole run (KV caches)
     nfe: int = 0                            # number of network evaluations so far (the step adds its own)
     pending: torch.Tensor | None = None     # (B, L) bool: generated positions of later blocks (still noise)
+    valid: torch.Tensor | None = None       # (B, L) bool: real columns of a padded batch (None: all)
+    positions: torch.Tensor | None = None   # (B, L) long: each row's own positions (None: 0..L−1)
+
+    def forward_kwargs(self, start: int = 0, end: int | None = None) -> dict:
+        """The backbone's ``valid`` / ``positions`` for a forward of the canvas columns
+        [start, end) whose keys are the columns [0, end) (those before ``start`` from a KV cache):
+        ``valid[:, :end]`` and ``positions[:, start:end]``; nothing for an unpadded batch, so
+        plain calls stay plain (``sampling/batched.py`` makes padded ones)."""
+        out = {}
+        if self.valid is not None:
+            out["valid"] = self.valid[:, :end]
+        if self.positions is not None:
+            out["positions"] = self.positions[:, start:end]
+        return out
 
 
 @dataclass
@@ -84,6 +101,11 @@ class Process(ABC):
     supports_threshold: ClassVar[bool] = False
     #: The sampler decodes blocks on this grid ([b·g, (b+1)·g)) when set (block diffusion).
     block_grid: int | None = None
+    #: True when ``step`` hands ``ctx.valid`` / ``ctx.positions`` to every network call and draws
+    #: per row over the columns every row shares, so a left-padded batch of prompts of different
+    #: lengths samples each row exactly as alone (``sampling/batched.py``; with a ``block_grid``
+    #: only rows whose pads are whole blocks). False: only rows of equal prompt length are batched.
+    pads_exactly: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, vocab_size: int):
         self.cfg = cfg

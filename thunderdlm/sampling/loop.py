@@ -29,6 +29,7 @@ from torch import nn
 
 from thunderdlm.errors import SamplingError
 from thunderdlm.processes.base import Process, SampleOptions, StepContext
+from thunderdlm.rng import RowGenerators
 
 
 @dataclass
@@ -38,6 +39,12 @@ class StepInfo:
     block: int
     x: torch.Tensor           # (B, L) state after this step
     x0_hat: torch.Tensor      # (B, L) current guess of the clean tokens
+    # set by ``batched.sample_prompts`` (a padded batch of prompts): the returned rows of x's rows,
+    # the first generated column, and the tokens generated in earlier rounds (rolled prompts);
+    # row rows[b]'s generated token offset + k is x[b, start + k]
+    rows: tuple[int, ...] | None = None
+    start: int | None = None
+    offset: int = 0
 
 
 @dataclass
@@ -114,18 +121,35 @@ def check_options(process: Process, options: SampleOptions) -> None:
 @torch.no_grad()
 def run_sampler(process: Process, model: nn.Module, x_init: torch.Tensor, editable: torch.Tensor, *,
                 steps: int, block_length: int | None = None, options: SampleOptions | None = None,
-                generator: torch.Generator | None = None,
+                generator: torch.Generator | RowGenerators | None = None,
                 callback: Callable[[StepInfo], None] | None = None,
-                stop: Callable[[torch.Tensor], bool] | None = None) -> SampleResult:
+                stop: Callable[[torch.Tensor], bool] | None = None,
+                valid: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> SampleResult:
     """Generate the ``editable`` positions of ``x_init`` (B, L); other positions are kept.
 
     ``stop(x[:, :hi])`` is asked after each block [lo, hi) with the canvas up to the block's end;
-    True ends the run (later blocks stay undecided and are not counted as generated)."""
+    True ends the run (later blocks stay undecided and are not counted as generated).
+
+    A batch of prompts of different lengths (``sampling/batched.py``) is left-padded: ``valid``
+    (B, L) bool marks each row's real columns (pads are hidden from every forward through the
+    backbone's key-padding mask and never editable) and ``positions`` (B, L) long gives each
+    row's own positions; ``generator`` may then be per-row ``RowGenerators`` (``thunderdlm/rng.py``)."""
     if steps < 1:
         raise SamplingError(f"--steps must be ≥ 1, got {steps}")
     options = options or SampleOptions()
     check_options(process, options)
     editable = editable.bool()
+    if valid is not None:
+        valid = valid.bool().to(x_init.device)
+        if valid.shape != x_init.shape or bool((editable & ~valid).any()):
+            raise SamplingError(f"valid must be a {tuple(x_init.shape)} bool mask covering every "
+                                f"editable position, got {tuple(valid.shape)}")
+    if positions is not None and positions.shape != x_init.shape:
+        raise SamplingError(f"positions must be {tuple(x_init.shape)} (one row per sequence), got "
+                            f"{tuple(positions.shape)}")
+    if isinstance(generator, RowGenerators) and len(generator) != x_init.shape[0]:
+        raise SamplingError(f"{len(generator)} row generators for a batch of {x_init.shape[0]} rows")
     prior = process.prior(tuple(x_init.shape), x_init.device, generator)
     x = torch.where(editable, prior, x_init)
     blocks = block_ranges(editable, block_length, process.block_grid)
@@ -134,7 +158,8 @@ def run_sampler(process: Process, model: nn.Module, x_init: torch.Tensor, editab
     if process.block_grid and steps < len(blocks):
         steps = len(blocks)       # the process's own blocks: at least one step each (see result.steps)
     per_block = ([0] * len(blocks) if threshold else split_steps(steps, len(blocks), sizes)) if blocks else []
-    ctx = StepContext(t=1.0, s=1.0, editable=editable, options=options, generator=generator)
+    ctx = StepContext(t=1.0, s=1.0, editable=editable, options=options, generator=generator,
+                      valid=valid, positions=None if positions is None else positions.to(x.device))
     done, total, stopped = 0, sum(per_block), False
     positions = torch.arange(x.shape[1], device=x.device)
     for b, ((lo, hi), spb) in enumerate(zip(blocks, per_block)):

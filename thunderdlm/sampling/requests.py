@@ -158,3 +158,51 @@ def build_request(tokenizer, context: int, *, length: int | None = None, prompt:
     x = torch.tensor(ids, dtype=torch.long).repeat(n, 1)
     e = torch.tensor(editable, dtype=torch.bool).repeat(n, 1)
     return Request(x, e)
+
+
+@dataclass
+class PromptsRequest(Request):
+    """Several prompts × ``n`` samples in one left-padded canvas (``sampling/batched.py``).
+
+    Row ``i·n + j`` is sample j of prompt i. Every row's generated columns are the same
+    [start, start + new_tokens): the prompts are right-aligned against them and padded on the
+    left, so a row's blocks and spans are the same columns as in every other row and the same
+    positions as when it is sampled alone."""
+
+    valid: torch.Tensor | None        # (B, L) bool, True on real columns; None when nothing is padded
+    positions: torch.Tensor | None    # (B, L) long: each row's own positions (pads: 0); None likewise
+    prompt_lengths: list[int]         # (B,) real prompt tokens of each row
+    start: int                        # first generated column: row r's token k is at start + k
+
+
+def build_prompts_request(prompt_ids: list[list[int]], new_tokens: int, context: int, *, n: int = 1,
+                          pad_id: int = 0) -> PromptsRequest:
+    """Left-padded canvas of prompts (token ids) continued by ``new_tokens`` each, ``n`` rows per
+    prompt (prompt-major). Columns: [pads | prompt | new_tokens]; the longest prompt has no pads.
+    ``pad_id`` fills the pads (any id: they are hidden from the network, tested)."""
+    if not prompt_ids:
+        raise SamplingError("sampling argument 'prompt': a list of prompts must hold at least one prompt")
+    if n < 1:
+        raise SamplingError(f"--n must be ≥ 1, got {n}")
+    if new_tokens < 1:
+        raise SamplingError(f"max_new_tokens must be ≥ 1 tokens to generate, got {new_tokens}")
+    lengths = [len(p) for p in prompt_ids for _ in range(n)]                       # (B,)
+    P = max(lengths)
+    if P + new_tokens > context:
+        raise SamplingError(f"the longest prompt ({P} tokens) + {new_tokens} new tokens needs "
+                            f"{P + new_tokens} tokens but the model's context is {context}")
+    L = P + new_tokens
+    x = torch.full((len(lengths), L), pad_id, dtype=torch.long)
+    for r, ids in enumerate(p for p in prompt_ids for _ in range(n)):
+        if ids:
+            x[r, P - len(ids):P] = torch.tensor(ids, dtype=torch.long)
+    x[:, P:] = 0                                                     # the canvas to generate
+    editable = torch.zeros_like(x, dtype=torch.bool)
+    editable[:, P:] = True
+    valid = positions = None
+    if min(lengths) < P:
+        pad = torch.tensor([P - k for k in lengths])[:, None]                      # (B, 1)
+        cols = torch.arange(L)[None, :]                                            # (1, L)
+        valid = cols >= pad                                                        # (B, L)
+        positions = (cols - pad).clamp(min=0)                                      # (B, L)
+    return PromptsRequest(x, editable, valid, positions, lengths, P)

@@ -45,6 +45,22 @@ class StopRule:
         ends = [text.index(s) for s in self.strings if s in text]
         return text[:min(ends)] if ends else text
 
+    def cut_tokens(self, ids: list[int], decode: Callable[[list[int]], str]) -> list[int]:
+        """Generated ids before the first EOS and before the first stop string: the longest
+        prefix whose text lies within ``cut_text`` of the whole (a token that straddles the start
+        of a stop string is dropped with it; with a char tokenizer the text is exactly cut_text's)."""
+        ids = self.cut_ids(ids)
+        if not self.strings:
+            return ids
+        text = decode(ids)
+        kept = self.cut_text(text)
+        if kept == text:
+            return ids
+        k = 0
+        while k < len(ids) and len(decode(ids[:k + 1])) <= len(kept) and kept.startswith(decode(ids[:k + 1])):
+            k += 1
+        return ids[:k]
+
     @property
     def active(self) -> bool:
         return self.eos_id is not None or bool(self.strings)

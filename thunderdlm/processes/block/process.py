@@ -220,7 +220,8 @@ class BlockDiffusionProcess(MaskedProcess):
         pos = torch.arange(hi, device=x.device)
         sigma = self._step_sigma(x.shape[0], lo, hi, 0, t, x.device)
         out = self._call(model, x[:, :hi], sigma, shifted,
-                         attn_mask=block_causal(pos, pos, self.cfg.block_size))   # (B, hi, V+1)
+                         attn_mask=block_causal(pos, pos, self.cfg.block_size),
+                         **ctx.forward_kwargs(0, hi))                           # (B, hi, V+1)
         if shifted:
             out = torch.cat([out[:, :1], out[:, :-1]], dim=1)
         return out[:, lo:hi]
@@ -259,7 +260,8 @@ class BlockDiffusionProcess(MaskedProcess):
         cache.crop(start)
         sigma = self._step_sigma(x.shape[0], lo, hi, start, t, x.device)
         out = self._call(model, x[:, start:hi], sigma, shifted, causal=True, kv_cache=cache,
-                         attn_mask=chunk_mask(start, start, hi, bs, x.device))  # (B, hi−start, V+1)
+                         attn_mask=chunk_mask(start, start, hi, bs, x.device),
+                         **ctx.forward_kwargs(start, hi))                       # (B, hi−start, V+1)
         cache.crop(lo)
         ctx.run_cache[KV_KEY], ctx.run_cache[FED_KEY] = cache, x[:, :lo].clone()
         if not shifted:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from thunderdlm import rng
 from thunderdlm.errors import SamplingError
 from thunderdlm.processes.base import StepContext
 
@@ -32,7 +33,8 @@ def select_confident(probs: torch.Tensor, cand: torch.Tensor, allowed: torch.Ten
     """
     opts = ctx.options
     if opts.remasking == "random" and opts.threshold is None:
-        conf = torch.rand(cand.shape, device=cand.device, generator=ctx.generator)
+        conf = rng.draw_rows(ctx.generator, allowed.any(dim=1), lambda g, r: rng.rand(
+            cand[r].shape, g, device=cand.device), torch.zeros(cand.shape, device=cand.device))
     elif opts.remasking in ("low_confidence", "ancestral", "random"):
         conf = probs.gather(-1, cand.unsqueeze(-1)).squeeze(-1).float()                # (B, L)
     else:

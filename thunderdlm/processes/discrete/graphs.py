@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from thunderdlm.errors import ConfigError
+from thunderdlm import rng
 from thunderdlm.processes.discrete.uniform import prior_kl
 
 
@@ -201,7 +202,7 @@ class Uniform(Graph):
         return torch.where(u < alpha[:, None].to(u.dtype), x0, noise)
 
     def prior(self, shape, device, generator=None):
-        return torch.randint(0, self.vocab_size, shape, device=device, generator=generator)
+        return rng.randint(0, self.vocab_size, shape, generator, device=device)
 
     def prior_kl(self, alpha1):
         return prior_kl(alpha1, self.vocab_size)       # the same marginal as UDLM's

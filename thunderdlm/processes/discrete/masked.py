@@ -35,6 +35,7 @@ from thunderdlm.processes.base import (LossOutput, Process, StepContext, StepOut
 from thunderdlm.processes.config import ProcessConfig
 from thunderdlm.processes.discrete.schedules import SCHEDULES, build_schedule
 from thunderdlm.categorical import draw_tokens
+from thunderdlm import rng
 from thunderdlm.processes.discrete.commit import select_confident
 
 NEG_INF = -1e6  # SUBS uses a large finite negative number rather than −inf (keeps softmax finite)
@@ -94,6 +95,7 @@ class MaskedProcess(Process):
     name = "masked"
     config_cls = MaskedConfig
     supports_threshold = True
+    pads_exactly = True
 
     def __init__(self, cfg: MaskedConfig, vocab_size: int):
         super().__init__(cfg, vocab_size)
@@ -210,19 +212,20 @@ class MaskedProcess(Process):
         if self.cfg.dual_cache and cached and (lo > 0 or hi < x.shape[1]):
             return self._dual_cache_logits(model, x, lo, hi, sigma, ctx)
         if not (self.cfg.prefix_cache and lo > 0 and cached):
-            return model(x, sigma)[:, lo:hi]
+            return model(x, sigma, **ctx.forward_kwargs())[:, lo:hi]
         L = x.shape[1]
         cache = ctx.cache.get("prefix_kv")
         if cache is None:            # the block's first step: exact, and it stores every position
             cache = model.new_kv_cache()
             full = torch.ones(L, L, dtype=torch.bool, device=x.device)
-            out = model(x, sigma, kv_cache=cache, attn_mask=full)[:, lo:hi]
+            out = model(x, sigma, kv_cache=cache, attn_mask=full, **ctx.forward_kwargs())[:, lo:hi]
             cache.crop(lo)
             ctx.cache["prefix_kv"] = cache
             return out
         n = L - lo
         full = torch.ones(n, L, dtype=torch.bool, device=x.device)
-        out = model(x[:, lo:], sigma, kv_cache=cache, attn_mask=full)[:, :hi - lo]
+        out = model(x[:, lo:], sigma, kv_cache=cache, attn_mask=full,
+                    **ctx.forward_kwargs(lo))[:, :hi - lo]
         cache.crop(lo)
         return out
 
@@ -240,13 +243,18 @@ class MaskedProcess(Process):
         if cache is None or ctx.cache.get("dual_span") != (lo, hi):
             cache = model.new_kv_cache()
             full = torch.ones(L, L, dtype=torch.bool, device=x.device)
-            out = model(x, sigma, kv_cache=cache, attn_mask=full)[:, lo:hi]   # (B, n, V+1)
+            out = model(x, sigma, kv_cache=cache, attn_mask=full,
+                        **ctx.forward_kwargs())[:, lo:hi]                     # (B, n, V+1)
             cache.drop(lo, hi)                                                # L − n positions
             ctx.cache["dual_kv"], ctx.cache["dual_span"] = cache, (lo, hi)
             return out
         full = torch.ones(n, L, dtype=torch.bool, device=x.device)            # (n, L − n + n)
-        pos = torch.arange(lo, hi, device=x.device)
-        out = model(x[:, lo:hi], sigma, kv_cache=cache, attn_mask=full, positions=pos)
+        pos = torch.arange(lo, hi, device=x.device) if ctx.positions is None else ctx.positions[:, lo:hi]
+        pads = {}
+        if ctx.valid is not None:    # the keys in the cache's order: prefix, suffix, then the block
+            v = ctx.valid
+            pads["valid"] = torch.cat([v[:, :lo], v[:, hi:], v[:, lo:hi]], dim=1)   # (B, L)
+        out = model(x[:, lo:hi], sigma, kv_cache=cache, attn_mask=full, positions=pos, **pads)
         cache.crop(L - n)
         return out
 
@@ -266,13 +274,15 @@ class MaskedProcess(Process):
 
     def step(self, model: nn.Module, x: torch.Tensor, ctx: StepContext) -> StepOutput:
         masked = (x == self.mask_id) & ctx.editable                             # (B, L)
-        if not masked.any():
+        active = masked.any(dim=1)                      # (B,) rows with a mask left: only they draw
+        if not active.any():
             return StepOutput(x, x)
         lo, hi = self._span(ctx.editable)
         logits = self._predict(model, x, ctx.t, ctx, lo, hi)                    # (B, S, V+1)
         opts = ctx.options
         xs, ms = x[:, lo:hi], masked[:, lo:hi]                                  # (B, S)
-        cand = draw_tokens(logits, opts.temperature, opts.top_k, opts.top_p, ctx.generator)
+        cand = rng.draw_rows(ctx.generator, active, lambda g, r: draw_tokens(
+            logits[r], opts.temperature, opts.top_k, opts.top_p, g), xs)        # (B, S)
         if opts.threshold is not None or (ctx.n_commit is not None and opts.remasking != "ancestral"):
             commit = self._confidence_commit(logits, cand, ms, ctx)
         else:
@@ -288,7 +298,8 @@ class MaskedProcess(Process):
         s = torch.tensor(ctx.s, dtype=torch.float64)
         a_t, a_s = self.schedule.alpha(t), self.schedule.alpha(s)
         p = float(((a_s - a_t) / (1.0 - a_t)).clamp(0.0, 1.0)) if ctx.s > 0 else 1.0
-        u = torch.rand(masked.shape, device=masked.device, generator=ctx.generator)
+        u = rng.draw_rows(ctx.generator, masked.any(dim=1), lambda g, r: rng.rand(
+            masked[r].shape, g, device=masked.device), torch.ones(masked.shape, device=masked.device))
         return masked & (u < p)
 
     def _confidence_commit(self, logits, cand, masked, ctx: StepContext) -> torch.Tensor:

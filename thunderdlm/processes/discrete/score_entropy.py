@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from thunderdlm.config import check, param
+from thunderdlm import rng
 from thunderdlm.processes.base import (LossOutput, Process, SampleOptions, StepContext, StepOutput,
                                         check_valid, pad_kwargs, real_mean)
 from thunderdlm.processes.discrete.commit import decided_positions, select_confident
@@ -229,12 +230,15 @@ class ScoreEntropyProcess(Process):
                                            self.noise.nelbo_weight(t).expand(B))
         else:
             probs = self.graph.analytic_probs(param, x, a_t, a_s)
-        x_s = sample_categorical(shape_jumps(probs, x, opts), ctx.generator)
+        active = todo.any(dim=1)                    # (B,) rows with noise left: only they draw
+        jumps = shape_jumps(probs, x, opts)
+        x_s = rng.draw_rows(ctx.generator, active, lambda g, r: sample_categorical(jumps[r], g), x)
         x0_probs = self.graph.x0_probs(param, x, a_t)                                 # (B, L, V)
         x0_hat = x0_probs.argmax(-1)
         if ctx.n_commit is None or opts.remasking == "ancestral":
             return StepOutput(x_s, x0_hat)
-        cand = draw_tokens(torch.log(x0_probs), opts.temperature, opts.top_k, opts.top_p, ctx.generator)
+        cand = rng.draw_rows(ctx.generator, active, lambda g, r: draw_tokens(
+            torch.log(x0_probs[r]), opts.temperature, opts.top_k, opts.top_p, g), x)
         if self.graph.absorb:          # LLaDA: commit the chosen masked positions, the rest stay masked
             commit = select_confident(x0_probs, cand, todo, ctx)
             return StepOutput(torch.where(commit, cand, x), torch.where(todo, x0_hat, x))
@@ -256,4 +260,6 @@ class ScoreEntropyProcess(Process):
         param = self._evaluate(model, x, t, ctx)
         probs = self.graph.denoise_probs(param, x, self.noise.alpha(t).expand(x.shape[0]))
         probs = shape_jumps(probs, x, ctx.options)[..., : self.vocab_size]
-        return torch.where(todo, sample_categorical(probs, ctx.generator), x)
+        drawn = rng.draw_rows(ctx.generator, todo.any(dim=1),
+                              lambda g, r: sample_categorical(probs[r], g), x)
+        return torch.where(todo, drawn, x)

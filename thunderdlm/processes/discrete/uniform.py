@@ -81,6 +81,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from thunderdlm.config import check, param
+from thunderdlm import rng
 from thunderdlm.processes.base import (LossOutput, Process, StepContext, StepOutput, check_valid,
                                         pad_kwargs, real_mean)
 from thunderdlm.processes.discrete.commit import decided_positions, select_confident
@@ -273,7 +274,7 @@ class UniformProcess(Process):
 
     # ---- sampling --------------------------------------------------------------------------------
     def prior(self, shape, device, generator=None) -> torch.Tensor:
-        return torch.randint(0, self.vocab_size, shape, device=device, generator=generator)
+        return rng.randint(0, self.vocab_size, shape, generator, device=device)
 
     def _condition_time(self, t: float) -> float:
         """Discrete time: the network saw only t_k = k/T, so condition on the nearest grid time."""

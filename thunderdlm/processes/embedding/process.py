@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from thunderdlm.config import check, param
+from thunderdlm import rng
 from thunderdlm.errors import ConfigError
 from thunderdlm.processes.base import (LossOutput, Process, StepContext, StepOutput, check_valid,
                                         pad_kwargs, real_mean, unwrap)
@@ -212,7 +213,7 @@ class EmbeddingProcess(Process):
 
     def noisy(self, x: torch.Tensor, t: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
         """z_t = √ᾱ x + √(1 − ᾱ) ε and ε; x (B, L, d), t (B,)."""
-        eps = torch.randn(x.shape, device=x.device, generator=generator, dtype=x.dtype)
+        eps = rng.randn(x.shape, generator, device=x.device, dtype=x.dtype)
         a = self._alpha_bar(t)
         return a.sqrt() * x + (1 - a).sqrt() * eps, eps
 
@@ -411,7 +412,7 @@ class EmbeddingProcess(Process):
         e = net.latents()
         d = e.shape[1]
         if "z" not in ctx.cache:
-            ctx.cache["z"] = torch.randn(B, L, d, device=dev, generator=ctx.generator)
+            ctx.cache["z"] = rng.randn((B, L, d), ctx.generator, device=dev)
         z = ctx.cache["z"]
         t = torch.full((B,), ctx.t, device=dev)
         if cfg.time == "discrete":
@@ -422,7 +423,7 @@ class EmbeddingProcess(Process):
         zk, _ = self.noisy(F.embedding(x, e), t, ctx.generator)
         z = torch.where(known[..., None], zk, z)
         if ctx.pending is not None:
-            noise = torch.randn(z.shape, device=dev, generator=ctx.generator)
+            noise = rng.randn(z.shape, ctx.generator, device=dev)
             z = torch.where(ctx.pending[..., None], noise, z)
         x_sc = ctx.cache.get("x_sc") if cfg.self_conditioning else None
         _, x0_hat, logits = self.predict(net, z, t, x_sc)
@@ -453,7 +454,7 @@ class EmbeddingProcess(Process):
                        generator=None) -> torch.Tensor:
         """One DDIM (η) or DDPM step from z_t to z_s given x̂0 (all (B, L, d); t, s (B,))."""
         a_t, a_s = self._alpha_bar(t), self._alpha_bar(s)
-        noise = torch.randn(z.shape, device=z.device, generator=generator)
+        noise = rng.randn(z.shape, generator, device=z.device)
         if self.cfg.sampler == "ddpm":
             beta = 1 - a_t / a_s                                                # 1 − α²_{t|s}
             mean = (a_s.sqrt() * beta / (1 - a_t)) * x0_hat \

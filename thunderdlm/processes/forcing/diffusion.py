@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from thunderdlm import rng
 from thunderdlm.processes.forcing.schedules import GaussianTables, loss_weights
 from thunderdlm.processes.embedding.schedules import token_evidence
 
@@ -74,7 +75,7 @@ class ForcingDiffusion:
 
     # ---- forward process and parameterisation --------------------------------------------------------
     def noise(self, shape, device, generator=None, clip: bool = True) -> torch.Tensor:
-        z = torch.randn(shape, device=device, generator=generator)
+        z = rng.randn(shape, generator, device=device)       # per row with RowGenerators
         return z.clamp(-self.clip_noise, self.clip_noise) if clip else z
 
     def q_sample(self, x0: torch.Tensor, level: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -73,6 +73,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from thunderdlm.config import check, param
+from thunderdlm import rng
 from thunderdlm.errors import ConfigError
 from thunderdlm.processes.autoregressive import AutoregressiveConfig, AutoregressiveProcess
 from thunderdlm.processes.base import LossOutput, Process, StepContext, StepOutput, check_valid, pad_kwargs
@@ -351,7 +352,7 @@ class ForcingProcess(Process):
         if not self.df:
             return self.ar.prior(shape, device, generator)
         # placeholders only: the state lives in continuous space (ctx.cache) until decoded
-        return torch.randint(0, self.vocab_size, shape, device=device, generator=generator)
+        return rng.randint(0, self.vocab_size, shape, generator, device=device)
 
     def is_noisy(self, x: torch.Tensor) -> torch.Tensor:
         return self.ar.is_noisy(x) if not self.df else super().is_noisy(x)

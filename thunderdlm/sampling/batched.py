@@ -1,0 +1,203 @@
+"""Several prompts sampled in one batch, each row exactly as it is sampled alone (issues 17, 18).
+
+``sample_prompts(lm, prompts, new_tokens=…, n=…, seeds=…)`` continues every prompt by
+``new_tokens`` tokens, ``n`` samples each. Row ``i·n + j`` (sample j of prompt i) gets exactly the
+tokens that ``sample_prompts(lm, [prompts[i]], n=n, seeds=[seeds[i]])`` gives it, whatever else is
+in the batch — for greedy and for seeded sampling (tested per process and setting).
+
+Layout: left padding. A prompt-major canvas [pads | prompt | new tokens] in which every row's
+generated columns are the same [start, start + new_tokens) (``requests.build_prompts_request``):
+
+- the loop's blocks are column ranges shared by all rows (``loop.block_ranges``) and the masked
+  step works on the union span of the block; with the generated regions aligned these are, for
+  every row, the very blocks and span of its alone run (right padding would move each row's
+  blocks and LLaDA's ``block_length`` cuts, and split the steps over different block sizes);
+- each row keeps its own positions: ``positions`` (B, L) = column − pads (GPT's learned table,
+  DDiT's rotary angles, the hf adapter's ``position_ids``), and its pads are hidden from every
+  forward by the backbone's key-padding mask ``valid`` (B, L), also in the prefix / dual / block
+  / AR KV caches (the cache's keys are the canvas columns, ``StepContext.forward_kwargs``);
+- the AR baseline's BOS sits at each row's first real column (``AutoregressiveProcess.network_input``).
+
+Block diffusion's grid is absolute in positions: column c of a row padded by p is position c − p,
+so the loop's column grid is every row's position grid only when p is a multiple of the block
+size, i.e. when the rows' prompt lengths agree modulo it (its first, partial block and with it the
+split of the steps over blocks depend on that residue). Rows are therefore grouped by prompt
+length mod the block size and each group is one batch. A shifted head (an AR model read as a
+denoiser) reads position i − 1, which for an empty prompt is a pad: empty prompts form a group of
+their own. Processes whose ``step`` does not thread the padding (``Process.pads_exactly`` False:
+uniform, score-entropy, embedding, forcing — their steps draw over every column of the canvas,
+whose width would then depend on the batch) are grouped by prompt length: no pads, and per-row
+generators make their draws each row's own. No caller ever gets batch-dependent output.
+
+Randomness: one ``torch.Generator`` per row (``thunderdlm/rng.py`` ``RowGenerators``); sample j of
+a prompt seeded s uses ``rng.row_seed(s, j)`` (s itself for j = 0: one sample per prompt equals
+the single-generator run with seed s, bit for bit); an unseeded prompt draws fresh seeds. Every
+draw on the sampling path is made per row over the columns all rows share (the block's span),
+and a row with nothing left to decide in a step draws nothing, as it would alone. With n > 1
+the rows j ≥ 1 of a seeded prompt differ from the single generator's (whose one (n, …) draw gave
+row j the j-th slice of one stream): that draw order is inherently batch-dependent.
+
+Float rounding: a padded row runs through batched matmuls of another shape than alone and its
+attention sums over more (masked, exactly zero-weight) keys, so its logits are not bitwise the
+alone ones: in fp32 on a CPU they agree to ~1e-6 (``tests/sampling/test_padded_layout.py``) and the
+tokens are equal for every tested case. What such a difference can flip is a decision sitting on a
+near-tie: a categorical draw at a boundary, or a confidence ranking (low_confidence, threshold) of
+positions whose probabilities agree to ~1e-6 — seen with a random rotary network right after a
+short prompt, where several masked positions predict the same token with nearly the same
+probability; the tests' confidence cases therefore use learned positions.
+
+Rows whose prompt + ``new_tokens`` exceed the context are continued per prompt by rolling the
+window (``rolling.continue_tokens``, as ``DiffusionLM.sample(max_new_tokens=…)`` does), each round
+a batch of that prompt's n rows with their own generators.
+
+Stopping: each group's run stops after a block once every row of it has produced EOS or a stop
+string (``StopRule``); a row's ids are cut before the first of them (``StopRule.cut_tokens``).
+Later blocks never change earlier tokens, so a row's cut ids do not depend on its batch mates.
+
+Callbacks (the server's per-step states): ``callback(info)`` gets the loop's ``StepInfo`` for each
+step of each batch run, with ``info.rows`` the indices (into the returned list) of the canvas's
+rows, ``info.start`` the first generated column and ``info.offset`` the tokens that row generated
+in earlier rounds (0 unless rolled): row ``info.rows[b]``'s generated token ``offset + k`` is
+``info.x[b, start + k]`` (``info.x0_hat`` likewise). Pads are the columns before a row's prompt.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from thunderdlm.errors import SamplingError
+from thunderdlm.processes.base import SampleOptions
+from thunderdlm.rng import RowGenerators, row_seed
+from thunderdlm.sampling.loop import SampleResult, StepInfo, run_sampler
+from thunderdlm.sampling.requests import build_prompts_request, check_sample_args
+from thunderdlm.sampling.rolling import StopRule, continue_tokens
+
+
+def batch_key(process, model: nn.Module, prompt_length: int) -> tuple:
+    """Rows with equal keys are sampled exactly together (see the module docstring)."""
+    if not process.pads_exactly:
+        return ("length", prompt_length)
+    shifted = bool(getattr(model, "shifted_head", False))
+    if shifted and prompt_length == 0:
+        return ("empty",)
+    grid = process.block_grid
+    return ("grid", prompt_length % grid) if grid else ("any",)
+
+
+def round_steps(steps: int, g: int, new_tokens: int, width: int) -> int:
+    """Steps of a run that generates ``g`` of ``new_tokens`` tokens in blocks of ``width``: its share
+    of ``steps``, at least one per block (``DiffusionLM.sample(max_new_tokens=…)``'s rule)."""
+    return max(math.ceil(steps * g / new_tokens), math.ceil(g / width))
+
+
+def sample_prompts(lm, prompts: list[str], *, new_tokens: int, n: int = 1,
+                   seeds: list[int | None] | None = None, steps: int = 64,
+                   options: SampleOptions | None = None, block_length: int | None = None,
+                   stop: StopRule | None = None, callback: Callable[[StepInfo], None] | None = None,
+                   model: nn.Module | Callable[[torch.Tensor, torch.Tensor], nn.Module] | None = None,
+                   ) -> tuple[list[list[int]], SampleResult]:
+    """Continue each prompt by ``new_tokens`` tokens, ``n`` samples each; returns the generated
+    ids per row (prompt-major: row i·n + j is sample j of prompt i; the prompt excluded, cut at
+    EOS / the stop strings of ``stop``, default: the tokenizer's EOS) and a result over all runs
+    (``tokens`` (B, new_tokens): the generated region before cutting, 0 where a rolled row stopped
+    early; ``nfe`` / ``steps`` / ``generated`` summed over the batch runs).
+
+    ``seeds``: one per prompt (None: fresh); ``model``: the module to call (default ``lm.model``; a
+    wrapper must pass the process's keyword arguments — ``valid``, ``positions``, caches — to the
+    backbone), or a function ``(x_init, editable) -> module`` called for each batch run's canvas
+    (B, L) (a wrapper that depends on the canvas: classifier-free guidance hides its prompt
+    columns, ``sampling/guidance.py``). ``lm`` needs ``.model .process .tokenizer .context .device``."""
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise SamplingError("sampling argument 'prompt': give a non-empty list of prompts")
+    seeds = [None] * len(prompts) if seeds is None else list(seeds)
+    if len(seeds) != len(prompts):
+        raise SamplingError(f"sampling argument 'seed': {len(seeds)} seeds for {len(prompts)} prompts "
+                            "(give one per prompt, None for a fresh one)")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise SamplingError(f"sampling argument 'prompt': prompt {i} must be a string, got "
+                                f"{p!r} ({type(p).__name__})")
+    check_sample_args(steps=steps, n=n, max_new_tokens=new_tokens, block_length=block_length)
+    for s in seeds:
+        check_sample_args(seed=s)
+    model = lm.model if model is None else model
+    network = model if isinstance(model, nn.Module) else None
+    process, tok, context = lm.process, lm.tokenizer, lm.context
+    options = options or SampleOptions()
+    rule = stop if stop is not None else StopRule(tok.eos_id)
+    ids = [tok.encode(p) if p else [] for p in prompts]
+    for i, p in enumerate(ids):
+        if len(p) >= context:
+            raise SamplingError(f"prompt {i} has {len(p)} tokens but the model's context is "
+                                f"{context}; shorten it")
+    gens = [torch.Generator(device=lm.device).manual_seed(
+        row_seed(s, j) if s is not None else torch.seed() % 2**63)
+        for s in seeds for j in range(n)]
+    width = block_length or process.block_grid or new_tokens
+    share = round_steps(steps, new_tokens, new_tokens, width)
+    out: list[list[int] | None] = [None] * (len(prompts) * n)
+    region = torch.zeros(len(out), new_tokens, dtype=torch.long)
+    nfe = done = generated = 0
+    stopped = False
+
+    def run(x, editable, stop_fn, rows, start, offset, steps_, **layout):
+        gen = RowGenerators([gens[r] for r in rows])
+        cb = None
+        if callback is not None:
+            def cb(info, rows=tuple(rows)):
+                callback(dataclasses.replace(info, rows=rows, start=start, offset=offset))
+        x, editable = x.to(lm.device), editable.to(lm.device)
+        net = network if network is not None else model(x, editable)
+        return run_sampler(process, net, x, editable, steps=steps_,
+                           block_length=block_length, options=options, generator=gen, callback=cb,
+                           stop=stop_fn, **{k: v.to(lm.device) for k, v in layout.items() if v is not None})
+
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(ids):
+        if len(p) + new_tokens <= context:
+            groups.setdefault(batch_key(process, network or lm.model, len(p)), []).append(i)
+    for members in groups.values():
+        req = build_prompts_request([ids[i] for i in members], new_tokens, context, n=n)
+        rows = [i * n + j for i in members for j in range(n)]
+        S = req.start
+
+        def stop_fn(x_now: torch.Tensor) -> bool:
+            return all(rule.row_stopped(x_now[b, S:].tolist(), tok.decode) for b in range(len(rows)))
+
+        res = run(req.x_init, req.editable, stop_fn if rule.active else None, rows, S, 0, share,
+                  valid=req.valid, positions=req.positions)
+        nfe, done, generated = nfe + res.nfe, done + res.steps, generated + res.generated
+        stopped |= res.stopped
+        kept = min(new_tokens, res.generated // len(rows)) if res.stopped else new_tokens
+        new = res.tokens[:, S:S + kept].cpu()                                   # (rows, kept)
+        for b, r in enumerate(rows):
+            region[r, :kept] = new[b]
+            out[r] = rule.cut_tokens(new[b].tolist(), tok.decode)
+
+    for i, p in enumerate(ids):                   # past the context: roll the window per prompt
+        if len(p) + new_tokens <= context:
+            continue
+        rows = list(range(i * n, i * n + n))
+        state = {"offset": 0}
+
+        def roll(x, editable, stop_fn, rows=rows, state=state):
+            g = int(editable[0].sum())
+            start = int(editable[0].float().argmax())
+            res = run(x, editable, stop_fn, rows, start, state["offset"],
+                      round_steps(steps, g, new_tokens, block_length or process.block_grid or g))
+            state["offset"] += g
+            return res
+
+        prompt = torch.tensor(p, dtype=torch.long, device=lm.device).repeat(n, 1)
+        new, res = continue_tokens(roll, prompt, new_tokens, context, process.block_grid, rule,
+                                   tok.decode)
+        nfe, done, generated = nfe + res.nfe, done + res.steps, generated + res.generated
+        stopped |= res.stopped
+        for b, r in enumerate(rows):
+            region[r, :new.shape[1]] = new[b].cpu()
+            out[r] = rule.cut_tokens(new[b].tolist(), tok.decode)
+    return out, SampleResult(region, nfe, done, generated, stopped)
