@@ -374,3 +374,47 @@ def test_hf_export_is_loadable_by_thunderdlm_from_its_own_lm_folder(hf_runs, tmp
     _, a = hf_config.probe(lm, seed=7)
     _, b = hf_config.probe(again, seed=7)
     torch.testing.assert_close(b, a, atol=0, rtol=0)                      # unmerged: exact
+
+
+def test_every_tokenizer_kind_round_trips_through_transformers(corpora, tmp_path):
+    """char (with and without the end-of-document token), word and bpe: the saved
+    PreTrainedTokenizerFast gives thunderdlm's ids and text, and the process's row after them."""
+    from transformers import PreTrainedTokenizerFast
+
+    from thunderdlm.data import TokenData
+    from thunderdlm.hf_export.tokenizer import save, to_transformers
+
+    root, datas = corpora
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text(TEXT)
+    (tmp_path / "docs" / "b.txt").write_text("JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n")
+    folders = dict(datas, char_eos=prepare_data(tmp_path / "eos", source=None,
+                                                paths=[str(tmp_path / "docs")], tokenizer="char"))
+    for name, folder in folders.items():
+        tok = TokenData(folder).tokenizer
+        for role in ("mask", "bos"):
+            save(to_transformers(tok, role, 64), tmp_path / f"{name}_{role}")
+            fast = PreTrainedTokenizerFast.from_pretrained(tmp_path / f"{name}_{role}")
+            assert fast.encode(TEXT, add_special_tokens=False) == tok.encode(TEXT), name
+            ids = torch.randint(0, tok.vocab_size, (40,), generator=torch.Generator().manual_seed(5)).tolist()
+            assert fast.decode(ids) == tok.decode(ids), name
+            assert len(fast) == tok.vocab_size + 1
+            added = fast.mask_token_id if role == "mask" else fast.convert_tokens_to_ids("<|bos|>")
+            assert added == tok.vocab_size, (name, role)
+        if name == "char_eos":
+            assert tok.eos_id is not None and fast.eos_token_id == tok.eos_id
+
+
+def test_the_server_serves_an_export(masked):
+    from fastapi.testclient import TestClient
+
+    from thunderdlm.serve.config import ServeConfig
+    from thunderdlm.serve.server import build_app
+
+    _, _, res = masked
+    with TestClient(build_app([res.out], ServeConfig(device="cpu"))) as client:
+        model = client.get("/v1/models").json()["data"][0]
+        assert model["process"] == "masked" and model["mask_token"] is True
+        r = client.post("/v1/completions", json={"model": model["id"], "prompt": "RO",
+                                                 "max_tokens": 4, "steps": 4, "seed": 0})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
