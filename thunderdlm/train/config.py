@@ -1,10 +1,13 @@
-"""``train`` config section: optimiser, schedule, budget, evaluation and checkpoint cadence."""
+"""``train`` config section: optimiser, schedule, budget, evaluation and checkpoint cadence,
+trackers and periodic samples."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
 from thunderdlm.config import check, param
+
+TRACKERS = ("tensorboard", "wandb")   # train.log_to: see train/tracking.py
 
 
 @dataclass
@@ -36,6 +39,22 @@ class TrainConfig:
                                   "(every rank holds the whole model) | fsdp (FSDP2: weights, "
                                   "gradients and AdamW moments sharded over the ranks, one unit per "
                                   "block; needs train.ema_decay=0)")
+    log_to: list[str] = param(default_factory=list,
+                              help="trackers besides RUN/metrics.jsonl (always written): tensorboard "
+                                   "(RUN/tensorboard) and/or wandb (RUN/wandb), e.g. "
+                                   "train.log_to=[tensorboard,wandb]; needs pip install 'thunderdlm[track]'")
+    wandb_project: str = param("thunderdlm", help="W&B project of the run (train.log_to=[wandb])")
+    wandb_mode: str = param("offline", choices=("offline", "online"),
+                            help="offline: W&B writes RUN/wandb only, no network or login (upload "
+                                 "later with `wandb sync RUN/wandb/offline-run-*`) | online: stream to W&B")
+    sample_interval: int = param(0, help="every N steps draw train.sample_count samples at a fixed seed "
+                                         "with the evaluation weights (the EMA when on) into "
+                                         "RUN/samples/step_N.txt and the trackers (0 = never)")
+    sample_count: int = param(4, help="samples drawn every train.sample_interval steps (one batch)")
+    sample_length: int = param(0, help="tokens per periodic sample (0 = the whole context, data.seq_len)")
+    sample_steps: int = param(64, help="reverse steps (network evaluations at most) per periodic sample")
+    sample_seed: int = param(0, help="seed of the periodic samples: the same noise every time, so "
+                                     "successive files show one sample improving")
 
     def __post_init__(self):
         for name in ("batch_size", "grad_accum"):
@@ -60,6 +79,16 @@ class TrainConfig:
         check(self.grad_clip >= 0, "train.grad_clip", "must be ≥ 0")
         check(self.distributed in ("ddp", "fsdp"), "train.distributed",
               f"must be 'ddp' or 'fsdp', got {self.distributed!r}")
+        check(len(set(self.log_to)) == len(self.log_to), "train.log_to",
+              f"names a tracker twice: {self.log_to}")
+        for name in self.log_to:
+            check(name in TRACKERS, "train.log_to",
+                  f"{name!r} is not a tracker; choose from {list(TRACKERS)} (RUN/metrics.jsonl is always written)")
+        for name in ("sample_interval", "sample_length"):
+            check(getattr(self, name) >= 0, f"train.{name}", f"must be ≥ 0, got {getattr(self, name)}")
+        for name in ("sample_count", "sample_steps"):
+            check(getattr(self, name) >= 1, f"train.{name}", f"must be ≥ 1, got {getattr(self, name)}")
+        check(self.sample_seed >= 0, "train.sample_seed", f"must be ≥ 0, got {self.sample_seed}")
         check(not (self.distributed == "fsdp" and self.ema_decay > 0), "train.ema_decay",
               "the EMA is not supported with train.distributed=fsdp (it would keep a full copy of "
               "the weights on every rank); set train.ema_decay=0, or use train.distributed=ddp")

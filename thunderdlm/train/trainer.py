@@ -1,14 +1,17 @@
 """The trainer: knows only ``process.loss(model, batch)``.
 
 One loop that reads in one sitting: AdamW with warm-up + cosine decay, gradient accumulation and
-clipping, EMA, periodic evaluation of the validation bound, metrics JSONL, atomic safetensors
-checkpoints with exact resume (weights, optimiser, RNG and data position), DDP or FSDP2
-(``train.distributed``, set up in ``distributed.py``) under ``torchrun``, bf16 autocast on GPU only.
-The EMA is ``ema.py``; checkpoint files and run folders are ``checkpoint.py`` and ``runfolder.py``.
+clipping, EMA, periodic evaluation of the validation bound and periodic samples, metrics to
+``RUN/metrics.jsonl`` and the trackers of ``train.log_to``, atomic safetensors checkpoints with
+exact resume (weights, optimiser, RNG and data position), DDP or FSDP2 (``train.distributed``, set
+up in ``distributed.py``) under ``torchrun``, bf16 autocast on GPU only. The EMA is ``ema.py``,
+the metric sinks ``tracking.py``; checkpoint files and run folders are ``checkpoint.py`` and
+``runfolder.py``.
 
-The budget is ``train.max_steps`` and/or ``train.max_minutes`` of *training* time (evaluation and
-checkpoint time are not counted). With a time budget, the learning-rate schedule follows the
-fraction of the budget used, so a run of any speed ends its cosine decay when its time is up.
+The budget is ``train.max_steps`` and/or ``train.max_minutes`` of *training* time (evaluation,
+sampling and checkpoint time are not counted, nor are they in the tokens/s figure). With a time
+budget, the learning-rate schedule follows the fraction of the budget used, so a run of any speed
+ends its cosine decay when its time is up.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ import torch.distributed as dist
 from torch import nn
 
 from thunderdlm import checkpoint as ck
+from thunderdlm.api import DiffusionLM
+from thunderdlm.config import check
 from thunderdlm.data import RandomWindows, TokenData, eval_windows
 from thunderdlm.display import TrainDisplay
 from thunderdlm.errors import CheckpointError, TrainingError
@@ -39,6 +44,7 @@ from thunderdlm.train.distributed import (GatheredOptimizer, barrier, fsdp_error
                                           init_distributed, load_full_state_dicts, rank_device,
                                           shard_model)
 from thunderdlm.train.ema import EMA
+from thunderdlm.train.tracking import Tracker
 
 
 @dataclass
@@ -152,6 +158,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)   # the same initial weights on every rank
         self.data = TokenData(cfg.data.dir)
         self.folder = RunFolder(Path(run_dir))
+        check(self.tc.sample_length <= cfg.data.seq_len, "train.sample_length",
+              f"{self.tc.sample_length} tokens is longer than the context (data.seq_len={cfg.data.seq_len})")
+        self.tracker = Tracker(self.folder, cfg, enabled=self.is_main)   # a missing tracker fails here
+        self.resumed = resume
         self.process = build_process(cfg.process, self.data.vocab_size)
         if cfg.model.name == "hf":
             check_tokenizer(cfg.model.path, self.data.tokenizer)
@@ -209,8 +219,10 @@ class Trainer:
     def fit(self) -> TrainSummary:
         try:
             with StopRequest(self.display.note) as self.stop_request:
+                self.tracker.start(self.step, self.resumed)
                 return self._fit()
         finally:
+            self.tracker.close()
             self.release()
 
     def _fit(self) -> TrainSummary:
@@ -319,10 +331,12 @@ class Trainer:
         if ok and self.step % self.tc.log_interval == 0 and self.is_main:
             row = {"step": self.step, "loss": loss, "lr": lr, "tokens": self.tokens,
                    "train_seconds": round(self.train_seconds, 3), "tok_s": round(tok_s, 1), **metrics}
-            self.folder.log(row)
+            self.tracker.log(row)
         self.display.update(self.step, loss, tok_s, progress, self.train_seconds)
         if ok and self.tc.eval_interval and self.step % self.tc.eval_interval == 0:
             self.evaluate()
+        if ok and self.tc.sample_interval and self.step % self.tc.sample_interval == 0:
+            self.sample()
         if ok and self.step % self.tc.ckpt_interval == 0:
             self.save_checkpoint()
 
@@ -352,9 +366,39 @@ class Trainer:
             return None
         row = {"step": self.step, "val_nelbo": res["nats_per_token"], "val_se": res["stderr"],
                "val_bpc": res["bits_per_char"], "train_seconds": round(self.train_seconds, 3)}
-        self.folder.log(row)
+        self.tracker.log(row)
         self.display.note(f"step {self.step}: val bound {res['nats_per_token']:.4f} ± {res['stderr']:.4f} nats/token")
         return row
+
+    def sample(self) -> list[str] | None:
+        """``train.sample_count`` samples at ``train.sample_seed`` with the evaluation weights, in
+        eval mode, written by rank 0 to ``RUN/samples/`` and the trackers. The training state is
+        left as it was: the network's mode is restored and so is the global RNG (CPU, and this
+        GPU), which building an EMA copy would draw from, so a run with samples follows the
+        same trajectory as one without (tested). Under FSDP every rank runs it (each forward
+        all-gathers the weights); rank 0 writes."""
+        if not (self.is_main or self.fsdp):
+            return None
+        tc = self.tc
+        gpus = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=gpus), self.autocast(), fsdp_errors(self.fsdp):
+            model = self.eval_model()
+            was_training = model.training
+            model.eval()
+            try:
+                lm = DiffusionLM(self.folder.path, self.cfg, model, self.process, self.data.tokenizer,
+                                 self.device, checkpoint=None)
+                texts, _ = lm.sample(n=tc.sample_count, length=tc.sample_length or None,
+                                     steps=tc.sample_steps, seed=tc.sample_seed)
+            finally:
+                model.train(was_training)
+        if self.fsdp:
+            self.raw_model.reshard()
+        if not self.is_main:
+            return None
+        self.tracker.samples(self.step, texts)
+        self.display.note(f"step {self.step}: {len(texts)} samples → {self.folder.path / 'samples'}")
+        return texts
 
     def save_checkpoint(self) -> None:
         try:
