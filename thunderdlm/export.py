@@ -89,7 +89,7 @@ def export_run(run: str | Path, out: str | Path, checkpoint: str | None = None,
         ck.atomic_write_text(tmp / "generation_config.json", json.dumps(gen, indent=1))
         _write_thunderdlm(tmp, lm, _exported_config(cfg), source, weights, lora)
         ck.atomic_write_text(tmp / "README.md", card.model_card(lm, config, gen, source, run_dir, lora))
-        diff = _verify(tmp, lm, state, config)
+        diff = _verify(tmp, lm, config)
     return ExportResult(out, lm.checkpoint, int(source.get("step", 0)), weights, lora, diff,
                         out / LORA_DIR if lora else None)
 
@@ -164,9 +164,8 @@ def _write_thunderdlm(folder: Path, lm: LoadedRun, cfg: RunConfig, source: dict,
     lm.tokenizer.save(folder / "tokenizer")
     if (lm.run_dir / "data.json").exists():
         shutil.copy2(lm.run_dir / "data.json", folder / "data.json")
-    for name in ("eval.json",):
-        if (lm.run_dir / name).exists():
-            shutil.copy2(lm.run_dir / name, folder / name)
+    if (lm.run_dir / "eval.json").exists():        # the figures the model card quotes
+        shutil.copy2(lm.run_dir / "eval.json", folder / "eval.json")
     info = {"format": 1, "run_config": cfg.to_dict(), "weights": weights, "lora": lora,
             "process": lm.process.name, "noise_token_id": lm.process.noise_token_id,
             "tokenizer_vocab_size": lm.tokenizer.vocab_size,
@@ -177,7 +176,7 @@ def _write_thunderdlm(folder: Path, lm: LoadedRun, cfg: RunConfig, source: dict,
 # ---- checking --------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def _verify(folder: Path, lm: LoadedRun, state: dict, config) -> float:
+def _verify(folder: Path, lm: LoadedRun, config) -> float:
     """The copied modelling code with the exported weights reproduces thunderdlm's outputs on a probe
     batch (to 1e-5), and the exported tokenizer's ids are thunderdlm's; returns the largest gap."""
     from thunderdlm.hf_export.modeling_thunderdlm import ThunderDLMModel
