@@ -81,7 +81,8 @@ def read_documents(paths: list[str | Path], text_field: str = "text", split: str
 
     - a folder written by ``datasets``' ``save_to_disk``: one document per row of ``split`` (default
       ``train``) of a DatasetDict, or of the saved Dataset;
-    - any other folder: every non-hidden file below it (recursive, sorted), each by its extension;
+    - any other folder: every non-hidden file below it (recursive, sorted), each by its extension,
+      and every saved dataset folder below it, as above;
     - ``.jsonl`` / ``.json`` (one array of objects), ``.csv``, ``.parquet``: one document per record,
       from ``text_field`` (a dotted path such as ``meta.body`` reaches into nested objects);
     - any other extension: UTF-8 text, one document per file.
