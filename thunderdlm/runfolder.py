@@ -113,7 +113,8 @@ class RunFolder:
             raise TokenizerError(
                 f"the data folder's tokenizer ({data.meta.get('tokenizer')}, fingerprint {theirs[:12]}) "
                 f"differs from the one run '{self.path}' was trained with (fingerprint {mine[:12]}); "
-                "use the data folder the run was trained on, or prepare data with the run's tokenizer")
+                "use the data folder the run was trained on, or prepare data with the run's tokenizer: "
+                f"thunderdlm data prepare --text PATH... --tokenizer-from {self.path}")
 
     # ---- metrics --------------------------------------------------------------------------------
     def log(self, row: dict) -> None:

@@ -68,7 +68,7 @@ def test_eval_on_data_with_another_tokenizer_is_a_one_line_error(own_run: Path, 
     capsys.readouterr()
     assert main(["eval", str(own_run / "run"), "--data", str(own_run / "plain")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "differs from the one run" in err and "run's tokenizer" in err
+    assert err.count("\n") == 1 and "differs from the one run" in err and f"--tokenizer-from {own_run / 'run'}" in err
 
 
 def test_prepare_argument_conflicts_are_one_line_errors(own_run: Path, capsys):
