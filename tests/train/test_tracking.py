@@ -179,6 +179,13 @@ def test_periodic_samples_are_written_and_leave_training_bit_identical(tiny_conf
     assert sorted(shown) == [3, 6] and all(line in shown[6] for t in drawn[1] for line in t.splitlines())
 
 
+def test_periodic_evaluation_with_the_ema_leaves_training_bit_identical(tiny_config, tmp_path):
+    base = dict(max_steps=6, ckpt_interval=6, ema_decay=0.9)
+    Trainer(tiny_config(**base), tmp_path / "plain", show=False).fit()
+    Trainer(tiny_config(**base, eval_interval=2), tmp_path / "evaluated", show=False).fit()
+    assert losses(tmp_path / "plain") == losses(tmp_path / "evaluated")
+
+
 def test_periodic_samples_are_the_same_seed_every_time(tiny_config, tmp_path):
     cfg = tiny_config(max_steps=4, ckpt_interval=4, sample_interval=2, sample_count=3, sample_steps=4)
     trainer = Trainer(cfg, tmp_path / "run", show=False)

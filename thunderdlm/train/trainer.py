@@ -342,10 +342,13 @@ class Trainer:
 
     # ---- evaluation and checkpoints ----------------------------------------------------------------
     def eval_model(self) -> nn.Module:
-        """The weights used for evaluation: the EMA when enabled."""
+        """The weights used for evaluation: the EMA when enabled (a copy whose random init,
+        overwritten at once, must not draw from the training RNG: a run that evaluates would
+        otherwise follow another trajectory than one that does not)."""
         if self.ema is None:
             return self.raw_model
-        model = self.process.build_network(self.cfg.model, self.cfg.data.seq_len)
+        with torch.random.fork_rng(devices=[]):    # built on the CPU: only the CPU RNG is touched
+            model = self.process.build_network(self.cfg.model, self.cfg.data.seq_len)
         model.load_state_dict(self.ema.state_dict(self.raw_model))
         return model.to(self.device)
 
@@ -374,8 +377,8 @@ class Trainer:
         """``train.sample_count`` samples at ``train.sample_seed`` with the evaluation weights, in
         eval mode, written by rank 0 to ``RUN/samples/`` and the trackers. The training state is
         left as it was: the network's mode is restored and so is the global RNG (CPU, and this
-        GPU), which building an EMA copy would draw from, so a run with samples follows the
-        same trajectory as one without (tested). Under FSDP every rank runs it (each forward
+        GPU) whatever the sampler draws from it, so a run with samples follows the same
+        trajectory as one without (tested). Under FSDP every rank runs it (each forward
         all-gathers the weights); rank 0 writes."""
         if not (self.is_main or self.fsdp):
             return None
