@@ -75,3 +75,17 @@ def test_config_bad_input_is_one_named_line(argv, message, capsys):
     code, out, err = run_cli(argv, capsys)
     assert code == 2 and out == ""
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_config_reads_a_run_folder_and_an_export(tmp_path, capsys):
+    cfg = load_config("shakespeare_char_ar", ["out_dir=runs/x"])
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(cfg.to_dict()))
+    code, out, _ = run_cli(["config", str(tmp_path / "run"), "--json"], capsys)
+    assert code == 0 and json.loads(out)["config"] == cfg.to_dict()
+    # an export keeps the run config in thunderdlm_export.json (its config.json is transformers')
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "config.json").write_text(json.dumps({"architectures": ["ThunderDLM"]}))
+    (tmp_path / "export" / "thunderdlm_export.json").write_text(json.dumps({"run_config": cfg.to_dict()}))
+    code, out, _ = run_cli(["config", str(tmp_path / "export"), "train.lr=1e-3"], capsys)
+    assert code == 0 and yaml.safe_load(out) == load_config("shakespeare_char_ar", ["out_dir=runs/x", "train.lr=1e-3"]).to_dict()

@@ -1,4 +1,4 @@
-"""The resolved config of a preset (or YAML file, or run folder) with every field's help:
+"""The resolved config of a preset (or YAML file, run folder or export) with every field's help:
 ``thunderdlm config PRESET [key=value ...]``.
 
 Every field of the RunConfig, section by section (a polymorphic section shows the fields of the
@@ -41,8 +41,14 @@ def resolve(source: str, overrides: list[str] | None = None) -> tuple[RunConfig,
     """(validated RunConfig, the plain data it was built from) for a preset name, a YAML file or a
     run folder (its ``config.json``), with ``key=value`` overrides applied; errors name the field."""
     path = Path(source)
-    if path.is_dir():                   # a run folder: every field is in its config.json
-        cfg = read_run_config(path, overrides)
+    if path.is_dir():
+        from thunderdlm.loading import read_export_info
+
+        export = read_export_info(path)
+        if export is not None:          # an export folder: the run config it embeds
+            data = apply_overrides(export["run_config"], overrides or [])
+            return RunConfig.from_data(data), data
+        cfg = read_run_config(path, overrides)       # a run folder: every field is in config.json
         return cfg, apply_overrides(json.loads((path / "config.json").read_text()), overrides or [])
     data = apply_overrides(load_yaml(source), overrides or [])
     return RunConfig.from_data(data), data
