@@ -161,6 +161,18 @@ def test_stop_strings_cut_every_row_of_a_list(lms, name):
         assert c == (f[:len(p) + f[len(p):].index(stop)] if stop in f[len(p):] else f)
 
 
+@pytest.mark.parametrize("name", ["masked", "block", "autoregressive"])
+def test_a_list_is_one_batch_and_its_first_samples_are_the_single_prompt_ones(lms, name):
+    lm = lms[name]
+    kw = dict(max_new_tokens=8, steps=8, seed=7)
+    one, res1 = lm.sample(["to be, or"], **kw)
+    texts, res = lm.sample(["to be, or", "that is"], **kw)       # lengths 9, 7; a block grid of 4
+    if name != "block":                 # one batch (block diffusion groups by length mod 4)
+        assert res.nfe == res1.nfe
+    assert texts[0] == one[0]
+    assert [lm.generate(p, **kw)[0] for p in ("to be, or", "that is")] == texts
+
+
 def test_a_list_needs_max_new_tokens(lms):
     with pytest.raises(SamplingError, match="max_new_tokens"):
         lms["masked"].generate(["to be", "or"], length=5)

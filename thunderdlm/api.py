@@ -22,6 +22,7 @@ from thunderdlm.processes import SampleOptions
 from thunderdlm.run_config import RunConfig
 from thunderdlm.runfolder import RunFolder
 from thunderdlm.sampling.loop import SampleResult, StepInfo, run_sampler
+from thunderdlm.sampling.batched import sample_prompts
 from thunderdlm.sampling.guidance import Guided, unconditional_token
 from thunderdlm.sampling.requests import build_request, check_sample_args
 from thunderdlm.sampling.rolling import StopRule, continue_tokens
@@ -94,7 +95,8 @@ class DiffusionLM:
 
         ``prompt`` may be a list of prompts (with ``max_new_tokens``): the texts come prompt-major,
         ``n`` rows per prompt, and a prompt's rows do not depend on the other prompts in the list
-        (each is sampled with ``seed`` as if it were alone: one prompt after another)."""
+        (padded batches, ``sampling/batched.py``, every prompt with ``seed``; under guidance one
+        prompt after another, each as ``sample(prompt)``)."""
         n = _same("n", n, "num_return_sequences", num_return_sequences)
         n = 1 if n is None else n
         max_new_tokens = _same("max_new_tokens", max_new_tokens, "gen_length", gen_length)
@@ -116,8 +118,11 @@ class DiffusionLM:
                 raise SamplingError("a list of prompts is continued by max_new_tokens (or "
                                     "gen_length) tokens each: give it, without infill or a "
                                     "different length")
-            return self._continue_each(list(prompt), max_new_tokens, n=n, steps=steps, seed=seed,
-                                       stop=stop, callback=callback, options=options)
+            if cfg_scale:            # the guided canvas is made per run: one prompt after another
+                return self._continue_each(list(prompt), max_new_tokens, n=n, steps=steps,
+                                           seed=seed, stop=stop, callback=callback, options=options)
+            return self._continue_batch(list(prompt), max_new_tokens, n=n, steps=steps, seed=seed,
+                                        stop=stop, callback=callback, options=options)
         if max_new_tokens is not None:
             if infill is not None or (length is not None and length != max_new_tokens):
                 raise SamplingError("max_new_tokens continues a prompt: give it without --infill "
@@ -129,12 +134,27 @@ class DiffusionLM:
                                  **options)
         return [self.tokenizer.decode(row.tolist()) for row in res.tokens.cpu()], res
 
+    def _continue_batch(self, prompts: list[str], new_tokens: int, *, n: int, steps: int,
+                        seed: int | None, stop: list[str] | None, callback,
+                        options: dict) -> tuple[list[str], SampleResult]:
+        """The prompts in padded batches (``sampling/batched.py``), every prompt with ``seed``; a
+        row's tokens are those it gets in any other list (sample j ≥ 1 of a prompt draws from
+        ``rng.row_seed(seed, j)``, so with n > 1 they differ from ``sample(prompt)``'s)."""
+        rule = StopRule(self.tokenizer.eos_id, tuple(stop or ()))
+        opts = SampleOptions(options["temperature"], options["top_k"], options["top_p"],
+                             options["remasking"], options["threshold"])
+        ids, res = sample_prompts(self, prompts, new_tokens=new_tokens, n=n,
+                                  seeds=[seed] * len(prompts), steps=steps, options=opts,
+                                  block_length=options["block_length"], stop=rule, callback=callback)
+        texts = [prompts[r // n] + rule.cut_text(self.tokenizer.decode(row)) for r, row in enumerate(ids)]
+        return texts, res
+
     def _continue_each(self, prompts: list[str], new_tokens: int, *, n: int, steps: int,
                        seed: int | None, stop: list[str] | None, callback,
                        options: dict) -> tuple[list[str], SampleResult]:
-        """Every prompt continued on its own, with the same ``seed``, one after the other: a prompt's
-        rows are those of ``sample(prompt, ...)`` whatever else the list holds. The result's
-        ``tokens`` are the generated ids, right-padded with EOS (0 without one) to the longest."""
+        """Every prompt continued on its own, with the same ``seed``, one after the other (lists
+        under classifier-free guidance): a prompt's rows are those of ``sample(prompt, ...)``. The
+        result's ``tokens`` are the generated ids, right-padded with EOS (0 without one)."""
         texts, results = [], []
         for prompt in prompts:
             out, res = self._continue(prompt, new_tokens, n=n, steps=steps, seed=seed, stop=stop,
