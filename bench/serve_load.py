@@ -8,7 +8,9 @@ and, after a warm-up, sends
   field, limits exceeded, a body over the size limit — each must be answered 4xx), ``--cancel-
   fraction`` (5 %) streams the client drops after their first events, and the rest well-formed
   completions with one setting (half streamed, half not);
-- the batching check: ``--sweep-requests`` identical completions at 1, 4 and 16 concurrent clients,
+  With ``--mixed-prompts`` the well-formed requests cycle through prompts of different lengths
+  (left-padded into shared batches by the server);
+- the batching check: ``--sweep-requests`` completions at 1, 4 and 16 concurrent clients,
   completion tokens per second at each (target: 16 clients ≥ 4× one); and, once the server has
   stopped, the ceiling batching can reach: ``DiffusionLM.sample`` on 1, 4 and 16 rows in-process.
 
@@ -68,10 +70,19 @@ def bad_requests(model: str, max_body: int) -> list[tuple[str, bytes | dict]]:
             ("oversized_body", json.dumps(big).encode())]
 
 
+#: --mixed-prompts: speakers' cues of 6 to 19 characters, so concurrent prompts differ in length
+MIXED_PROMPTS = ["ROMEO:\n", "JULIET:\n", "First Citizen:\n", "KING RICHARD III:\n", "HAMLET:\n",
+                 "LADY MACBETH:\n", "Nurse:\n", "DUKE VINCENTIO:\n"]
+
+
 class Load:
-    def __init__(self, url: str, model: str, good: dict):
+    def __init__(self, url: str, model: str, good: dict, prompts: list[str] | None = None):
         self.url, self.model, self.good = url, model, good
+        self.prompts = prompts            # cycled through by the well-formed requests when given
         self.records: list[dict] = []
+
+    def body(self, i: int) -> dict:
+        return dict(self.good, prompt=self.prompts[i % len(self.prompts)]) if self.prompts else self.good
 
     async def plain(self, client: httpx.AsyncClient, body: dict) -> dict:
         t0 = time.perf_counter()
@@ -120,14 +131,14 @@ class Load:
         async def worker():
             async with httpx.AsyncClient(base_url=self.url, timeout=120, limits=limits) as client:
                 while queue:
-                    _, (what, arg) = queue.pop(0)
+                    i, (what, arg) = queue.pop(0)
                     try:
                         if what == "plain":
-                            rec = await self.plain(client, self.good)
+                            rec = await self.plain(client, self.body(i))
                         elif what == "stream":
-                            rec = await self.stream(client, self.good, None)
+                            rec = await self.stream(client, self.body(i), None)
                         elif what == "cancel":
-                            rec = await self.stream(client, self.good, arg)
+                            rec = await self.stream(client, self.body(i), arg)
                         else:
                             rec = await self.bad(client, *arg)
                     except httpx.HTTPError as e:      # a connection failure counts against the server
@@ -179,10 +190,11 @@ def make_plan(n: int, bad_fraction: float, cancel_fraction: float, model: str, m
     return plan
 
 
-async def sweep(url: str, good: dict, levels: list[int], per_level: int) -> dict:
+async def sweep(url: str, good: dict, levels: list[int], per_level: int,
+                prompts: list[str] | None = None) -> dict:
     out = {}
     for clients in levels:
-        load = Load(url, "", good)
+        load = Load(url, "", good, prompts)
         wall = await load.run([("plain", None)] * per_level, clients)
         s = summarise(load.records, wall)
         out[str(clients)] = {"clients": clients, "requests": per_level, "seconds": s["seconds"],
@@ -246,6 +258,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-batch-rows", type=int, default=64)
     p.add_argument("--batch-wait-ms", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixed-prompts", action="store_true",
+                   help="well-formed requests cycle through prompts of 6-19 characters (MIXED_PROMPTS) "
+                        "instead of one prompt, so batches mix prompt lengths (left-padded)")
     p.add_argument("--out", default="bench/results/serve_load.json")
     args = p.parse_args(argv)
 
@@ -261,16 +276,17 @@ def main(argv=None) -> int:
                 "temperature": 0.8}
         if args.threshold is not None:
             good["threshold"] = args.threshold
-        asyncio.run(Load(url, model, good).run([("plain", None)] * 2 * args.clients, args.clients))  # warm-up
+        prompts = MIXED_PROMPTS if args.mixed_prompts else None
+        asyncio.run(Load(url, model, good, prompts).run([("plain", None)] * 2 * args.clients, args.clients))  # warm-up
         rss_before = rss_mib(proc.pid)
-        load = Load(url, model, good)
+        load = Load(url, model, good, prompts)
         plan = make_plan(args.requests, args.bad_fraction, args.cancel_fraction, model, 1 << 20,
                          random.Random(args.seed))
         wall = asyncio.run(load.run(plan, args.clients))
         rss_after = rss_mib(proc.pid)
         alive = proc.poll() is None and httpx.get(url + "/health", timeout=5).status_code == 200
         levels = [int(c) for c in args.sweep.split(",")]
-        batching = asyncio.run(sweep(url, good, levels, args.sweep_requests))
+        batching = asyncio.run(sweep(url, good, levels, args.sweep_requests, prompts))
         metrics = httpx.get(url + "/metrics", timeout=5).text
     finally:
         proc.terminate()
@@ -280,6 +296,7 @@ def main(argv=None) -> int:
             proc.kill()
     reference = sampler_reference(args.run, good, levels)     # with the server stopped: no contention
     res = {"run": args.run, "model": model, "settings": good, "clients": args.clients,
+           "mixed_prompts": prompts,
            "threads": os.environ.get("THUNDERDLM_THREADS"),
            "load": summarise(load.records, wall),
            "server_alive_after": alive, "rss_mib_before": round(rss_before, 1),

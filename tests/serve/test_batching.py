@@ -25,24 +25,47 @@ def _concurrently(url: str, bodies: list[dict]) -> list[dict]:
         return list(pool.map(lambda b: _post(url, b), bodies))
 
 
-def test_same_settings_share_one_batch_and_other_lengths_wait_for_their_own(slow_batching_server):
-    same = {"model": "block", "prompt": "to be", "max_tokens": 8, "steps": 8}
-    other = dict(same, prompt="not to be")                       # another prompt length
-    out = _concurrently(slow_batching_server.url, [same] * 4 + [other] * 2)
-    rows = [o["usage"]["batch_rows"] for o in out]
-    assert rows == [4, 4, 4, 4, 2, 2]
+def test_prompts_of_any_length_share_a_masked_batch_each_row_as_alone(slow_batching_server):
+    """Masked diffusion: prompts of three lengths, seeded, are left-padded into one batch, and each
+    completion equals the same request decoded alone."""
+    url = slow_batching_server.url
+    bodies = [{"model": "masked", "prompt": p, "max_tokens": 10, "steps": 10, "seed": 3 + i}
+              for i, p in enumerate(["to be", "not to be", "whether tis nobler", "to"])]
+    alone = [_post(url, b)["choices"][0]["text"] for b in bodies]
+    crowd = _concurrently(url, bodies)
+    assert [c["usage"]["batch_rows"] for c in crowd] == [4] * 4
+    assert [c["choices"][0]["text"] for c in crowd] == alone
+
+
+def test_block_diffusion_batches_prompt_lengths_on_the_same_block_grid(slow_batching_server):
+    """Blocks of 4 on absolute positions: "to be" (5) and "not to be" (9) sit alike on the grid
+    and share a batch; "to be," (6) waits for its own; every row equals its decoding alone."""
+    url = slow_batching_server.url
+    same = {"model": "block", "prompt": "to be", "max_tokens": 8, "steps": 8, "seed": 11}
+    bodies = [same, dict(same, prompt="not to be", seed=12), dict(same, prompt="to be,", seed=13)] * 2
+    alone = [_post(url, b)["choices"][0]["text"] for b in bodies[:3]]
+    out = _concurrently(url, bodies)
+    assert [o["usage"]["batch_rows"] for o in out] == [4, 4, 2] * 2
+    assert [o["choices"][0]["text"] for o in out] == alone * 2
     assert all(len(o["choices"][0]["text"]) == 8 for o in out)
 
 
 def test_a_seeded_request_does_not_depend_on_its_batch_mates(slow_batching_server):
     seeded = {"model": "masked", "prompt": "to be", "max_tokens": 10, "steps": 10, "seed": 42, "n": 2}
     alone = _post(slow_batching_server.url, seeded)
-    mates = [dict(seeded, seed=None, n=1)] * 4 + [dict(seeded, seed=7)]
+    mates = [dict(seeded, seed=None, n=1)] * 4 + [dict(seeded, seed=7, prompt="not to be")]
     crowd = _concurrently(slow_batching_server.url, [seeded] + mates)
     assert [c["text"] for c in crowd[0]["choices"]] == [c["text"] for c in alone["choices"]]
-    assert crowd[0]["usage"]["batch_rows"] == 2                 # decoded with its own n rows only
-    assert [c["usage"]["batch_rows"] for c in crowd[1:5]] == [4] * 4   # the unseeded ones were batched
+    assert [c["usage"]["batch_rows"] for c in crowd] == [8] * 6      # 2 + 4 + 2 rows: one batch
     assert crowd[5]["choices"][0]["text"] != crowd[0]["choices"][0]["text"]
+
+
+def test_a_seeded_request_equals_the_python_api(slow_batching_server, tiny_lms):
+    """n samples of a seeded request are sample(prompt, n=…, seed=…)'s rows."""
+    body = {"model": "masked", "prompt": "to be", "max_tokens": 10, "steps": 10, "seed": 5, "n": 2}
+    out = _post(slow_batching_server.url, body)
+    texts = tiny_lms["masked"].generate(["to be"], max_new_tokens=10, steps=10, seed=5, n=2)
+    assert [c["text"] for c in out["choices"]] == [t[len("to be"):] for t in texts]
 
 
 def test_stream_and_plain_requests_share_a_batch(slow_batching_server):

@@ -94,7 +94,7 @@ def round_steps(steps: int, g: int, new_tokens: int, width: int) -> int:
     return max(math.ceil(steps * g / new_tokens), math.ceil(g / width))
 
 
-def sample_prompts(lm, prompts: list[str], *, new_tokens: int, n: int = 1,
+def sample_prompts(lm, prompts: list[str] | list[list[int]], *, new_tokens: int, n: int = 1,
                    seeds: list[int | None] | None = None, steps: int = 64,
                    options: SampleOptions | None = None, block_length: int | None = None,
                    stop: StopRule | None = None, callback: Callable[[StepInfo], None] | None = None,
@@ -106,6 +106,7 @@ def sample_prompts(lm, prompts: list[str], *, new_tokens: int, n: int = 1,
     (``tokens`` (B, new_tokens): the generated region before cutting, 0 where a rolled row stopped
     early; ``nfe`` / ``steps`` / ``generated`` summed over the batch runs).
 
+    ``prompts``: texts, or token-id lists (already encoded, e.g. by the server).
     ``seeds``: one per prompt (None: fresh); ``model``: the module to call (default ``lm.model``; a
     wrapper must pass the process's keyword arguments — ``valid``, ``positions``, caches — to the
     backbone), or a function ``(x_init, editable) -> module`` called for each batch run's canvas
@@ -118,9 +119,11 @@ def sample_prompts(lm, prompts: list[str], *, new_tokens: int, n: int = 1,
         raise SamplingError(f"sampling argument 'seed': {len(seeds)} seeds for {len(prompts)} prompts "
                             "(give one per prompt, None for a fresh one)")
     for i, p in enumerate(prompts):
-        if not isinstance(p, str):
-            raise SamplingError(f"sampling argument 'prompt': prompt {i} must be a string, got "
-                                f"{p!r} ({type(p).__name__})")
+        token_ids = isinstance(p, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool)
+                                                         for t in p)
+        if not isinstance(p, str) and not token_ids:
+            raise SamplingError(f"sampling argument 'prompt': prompt {i} must be a string (or a list "
+                                f"of token ids), got {p!r} ({type(p).__name__})")
     check_sample_args(steps=steps, n=n, max_new_tokens=new_tokens, block_length=block_length)
     for s in seeds:
         check_sample_args(seed=s)
@@ -129,7 +132,7 @@ def sample_prompts(lm, prompts: list[str], *, new_tokens: int, n: int = 1,
     process, tok, context = lm.process, lm.tokenizer, lm.context
     options = options or SampleOptions()
     rule = stop if stop is not None else StopRule(tok.eos_id)
-    ids = [tok.encode(p) if p else [] for p in prompts]
+    ids = [list(p) if not isinstance(p, str) else tok.encode(p) if p else [] for p in prompts]
     for i, p in enumerate(ids):
         if len(p) >= context:
             raise SamplingError(f"prompt {i} has {len(p)} tokens but the model's context is "

@@ -1,11 +1,16 @@
-"""Decoding one batch of jobs: their rows stacked into one canvas, one run of the sampling loop.
+"""Decoding one batch of jobs: their rows stacked into one canvas, one run of the sampler.
 
-The rows of every job in the batch share the canvas layout and the settings (``Job.key``), so the
-batch is exactly what ``DiffusionLM.sample`` would decode for the stacked prompts: a continuation
-(``continue_tokens``, rolling past the context when asked) or an infill canvas. Prompts of different
-lengths are not padded into one batch: the backbones' ``positions`` argument is one (L,) row shared
-by the batch, so rows of other lengths would need per-row positions and key-padding masks to stay
-exact; they wait for a batch of their own length instead.
+Continuations go through ``sampling.batched.sample_prompts``: prompts of different lengths are
+left-padded into one canvas whose generated columns are shared, each row with its own positions,
+a key-padding mask and its own generator, so every row gets exactly the tokens it gets alone —
+a seeded job's tokens are those of ``thunderdlm.load(RUN).sample(prompt, seed=…)`` whatever it was
+batched with. The jobs of one batch share ``Job.key``: the settings and the sampler's exactness
+group (``sampling.batched.batch_key``: any prompt length for masked, the prompt length modulo the
+block size for block diffusion, the exact length for the whole-canvas processes). A job of n rows
+with seed s is n prompts seeded ``rng.row_seed(s, j)``, as ``sample_prompts`` seeds sample j.
+
+Infill canvases (a template, or prompt + suffix) are decoded as one canvas of that layout; a
+seeded infill job is decoded alone, with a generator seeded by it.
 
 While the loop runs, ``Tracker.on_step`` turns every step's canvas into the stream: the committed
 prefix of each row's generated text (positions no longer noisy, left to right: block by block for
@@ -15,13 +20,15 @@ in the batch has been cancelled.
 """
 from __future__ import annotations
 
-import math
 import time
 
 import torch
 
+from thunderdlm.processes.base import SampleOptions
+from thunderdlm.rng import row_seed
+from thunderdlm.sampling.batched import sample_prompts
 from thunderdlm.sampling.loop import StepInfo
-from thunderdlm.sampling.rolling import StopRule, continue_tokens
+from thunderdlm.sampling.rolling import StopRule
 from thunderdlm.serve.jobs import Job, JobResult, RowResult
 
 
@@ -58,19 +65,12 @@ class Tracker:
         hold = max((len(s) for s in rule.strings), default=1) - 1
         self.state = [_Row(rule, lm.tokenizer.decode, hold) for _ in self.rows]
         self.streaming = any(j.stream or j.states for j in jobs)
-        self.produced = [[] for _ in self.rows]        # ids generated in earlier rolling rounds
-        self.lo = self.hi = 0                          # generated columns of the current canvas
+        self.generated = [[] for _ in self.rows]       # continuation: each row's generated ids so far
         self.editable: torch.Tensor | None = None     # infill: generated positions (L,)
 
-    def begin_round(self, editable: torch.Tensor) -> None:
-        cols = editable[0].nonzero().flatten()
-        self.lo, self.hi = int(cols[0]), int(cols[-1]) + 1
-
-    def end_round(self, tokens: torch.Tensor, width: int) -> None:
-        for r, row in enumerate(tokens[:, self.lo:self.lo + width].tolist()):
-            self.produced[r] += row
-
     def on_step(self, info: StepInfo) -> None:
+        """Continuation (``sample_prompts``' callback): canvas row b is row ``info.rows[b]``, whose
+        generated token ``info.offset + k`` sits in column ``info.start + k``. Infill: row b is row b."""
         if all(j.cancelled.is_set() for j in self.jobs):
             raise Cancelled()
         if not self.streaming:
@@ -78,31 +78,38 @@ class Tracker:
         x = info.x.cpu()
         noisy = self.lm.process.is_noisy(info.x).cpu()
         if self.editable is not None:                      # infill: the editable positions in order
-            gen, gen_noisy = x[:, self.editable], noisy[:, self.editable]
+            rows, gen, gen_noisy, offset = range(x.shape[0]), x[:, self.editable], noisy[:, self.editable], 0
         else:
-            gen, gen_noisy = x[:, self.lo:self.hi], noisy[:, self.lo:self.hi]
+            rows, offset = info.rows, info.offset
+            gen, gen_noisy = x[:, info.start:], noisy[:, info.start:]
         width = gen.shape[1]
         done = torch.where(gen_noisy.any(1), gen_noisy.int().argmax(1), torch.full_like(gen[:, 0], width))
-        for r, (job, i) in enumerate(self.rows):
-            if job.stream and (d := self.state[r].delta(self.produced[r] + gen[r, :int(done[r])].tolist())):
+        for b, r in enumerate(rows):
+            job, i = self.rows[r]
+            ids = self.generated[r][:offset] + gen[b].tolist()
+            if self.editable is None:
+                self.generated[r] = ids
+            if job.stream and (d := self.state[r].delta(ids[:offset + int(done[b])])):
                 job.emit("delta", (i, d))
             if job.states:
-                job.emit("state", (i, self._state(info, r, x[r], noisy[r])))
+                job.emit("state", (i, self._state(info, b, r, x[b], noisy[b])))
 
-    def _state(self, info: StepInfo, r: int, x: torch.Tensor, noisy: torch.Tensor) -> dict:
-        """The row's canvas as segments [[text, kind]]: kind "p" known text, "c" decided, "m" still
-        noisy (its text is the model's current guess)."""
-        guess = info.x0_hat[r].cpu()
+    def _state(self, info: StepInfo, b: int, r: int, x: torch.Tensor, noisy: torch.Tensor) -> dict:
+        """Canvas row b (row r) as segments [[text, kind]]: kind "p" known text, "c" decided, "m"
+        still noisy (its text is the model's current guess)."""
+        guess = info.x0_hat[b].cpu()
         tok = self.lm.tokenizer
         ids = x.tolist()
         if self.editable is not None:            # infill: every position of the canvas
             positions = range(len(ids))
             kinds = {p: ("m" if noisy[p] else "c") if self.editable[p] else "p" for p in positions}
             segs: list[list[str]] = []
+            earlier = 0
         else:                                    # continuation: the text so far, then this round
-            positions = range(self.lo, self.hi)
+            positions = range(info.start, len(ids))
             kinds = {p: "m" if noisy[p] else "c" for p in positions}
-            segs = [[self.rows[r][0].prompt_text, "p"], [tok.decode(self.produced[r]), "c"]]
+            earlier = info.offset
+            segs = [[self.rows[r][0].prompt_text, "p"], [tok.decode(self.generated[r][:earlier]), "c"]]
         for pos in positions:
             kind = kinds[pos]
             i = int(guess[pos]) if kind == "m" else ids[pos]
@@ -111,7 +118,7 @@ class Tracker:
                 segs[-1][0] += t
             else:
                 segs.append([t, kind])
-        decided = len(self.produced[r]) + sum(k == "c" for k in kinds.values())
+        decided = earlier + sum(k == "c" for k in kinds.values())
         return {"step": info.step, "total": info.total, "decided": decided, "segments": segs}
 
     def finish(self, r: int, ids: list[int], rule: StopRule) -> RowResult:
@@ -140,34 +147,25 @@ def run_batch(lm, jobs: list[Job]) -> tuple[int, int]:
     s = jobs[0].settings
     rule = StopRule(lm.tokenizer.eos_id, s.stop)
     tracker = Tracker(lm, jobs, rule)
-    gen = _generator(lm, jobs)
-    opts = dict(temperature=s.temperature, top_p=s.top_p, remasking=s.remasking,
-                block_length=s.block_length, threshold=s.threshold)
+    options = SampleOptions(temperature=s.temperature, top_p=s.top_p, remasking=s.remasking,
+                            threshold=s.threshold)
     rows = len(tracker.rows)
     if jobs[0].editable is not None:
         x = torch.tensor(jobs[0].prompt_ids).repeat(rows, 1)
         editable = torch.tensor(jobs[0].editable).repeat(rows, 1)
         tracker.editable = editable[0]
-        res = lm.sample_tokens(x, editable, steps=s.steps, generator=gen, callback=tracker.on_step, **opts)
-        new = res.tokens.cpu()[:, editable[0]]
-    else:
-        grid = lm.process.block_grid
-
-        def run(x, editable, stop_fn):
-            g = int(editable[0].sum())
-            width = s.block_length or grid or g
-            share = max(math.ceil(s.steps * g / s.max_tokens), math.ceil(g / width))
-            tracker.begin_round(editable)
-            out = lm.sample_tokens(x, editable, steps=share, generator=gen, callback=tracker.on_step,
-                                   stop=stop_fn, **opts)
-            tracker.end_round(out.tokens.cpu(), min(g, out.generated // rows) if out.stopped else g)
-            return out
-
-        prompt = torch.tensor([j.prompt_ids for j in jobs for _ in range(j.n)], dtype=torch.long,
-                              device=lm.device).reshape(rows, -1)
-        new, res = continue_tokens(run, prompt, s.max_tokens, lm.context, grid, rule, lm.tokenizer.decode)
-        new = new.cpu()
-    results = [tracker.finish(r, row, rule) for r, row in enumerate(new.tolist())]
+        res = lm.sample_tokens(x, editable, steps=s.steps, generator=_generator(lm, jobs),
+                               callback=tracker.on_step, temperature=s.temperature, top_p=s.top_p,
+                               remasking=s.remasking, block_length=s.block_length, threshold=s.threshold)
+        region = res.tokens.cpu()[:, editable[0]].tolist()
+    else:       # one prompt per row: job j's row i is seeded row_seed(seed_j, i), as sample(n=…) does
+        prompts = [j.prompt_ids for j in jobs for _ in range(j.n)]
+        seeds = [row_seed(j.seed, i) if j.seed is not None else None for j in jobs for i in range(j.n)]
+        _, res = sample_prompts(lm, prompts, new_tokens=s.max_tokens, seeds=seeds, steps=s.steps,
+                                options=options, block_length=s.block_length, stop=rule,
+                                callback=tracker.on_step)
+        region = res.tokens.cpu().tolist()           # uncut (the finish reason reads the stop)
+    results = [tracker.finish(r, row, rule) for r, row in enumerate(region)]
     seconds = time.perf_counter() - t0
     at = 0
     for job in jobs:

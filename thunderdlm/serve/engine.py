@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from thunderdlm.errors import ThunderError
+from thunderdlm.sampling.batched import batch_key
 from thunderdlm.sampling.requests import parse_template
 from thunderdlm.serve.config import ServeConfig
 from thunderdlm.serve.jobs import Job, Settings
@@ -124,7 +125,8 @@ class ServedModel:
         return [self._job(settings, self._continuation(prompt, "messages"), None, req, prompt)], prompt
 
     def _job(self, settings: Settings, ids: list[int], editable, req, text: str) -> Job:
-        return Job(settings, ids, editable, req.n, req.seed, prompt_text=text,
+        group = () if editable is not None else batch_key(self.lm.process, self.lm.model, len(ids))
+        return Job(settings, ids, editable, req.n, req.seed, prompt_text=text, group=group,
                    stream=req.stream, states=req.stream and req.stream_states)
 
 

@@ -1,10 +1,13 @@
 """A ``Job``: one prompt of one request, ``n`` rows to decode with fixed settings.
 
 A request becomes one job per prompt (``prompt`` may be a list). Jobs whose ``key`` is equal are
-decoded together in one sampling batch (``scheduler.py``): same settings and the same canvas
-layout (prompt length, or the same infill layout). A job with a ``seed`` has a key of its own and
-is decoded alone, with a generator seeded by it, so its tokens are those of ``thunderdlm.load(RUN)
-.sample(...)`` with the same arguments and never depend on other requests.
+decoded together in one sampling batch (``scheduler.py``): same settings, and for a continuation
+the same exactness group of the padded sampler (``group``: ``sampling.batched.batch_key`` of the
+prompt length — any length for masked, the length modulo the block size for block diffusion);
+seeded or not, a continuation's tokens never depend on its batch mates (``batch.py``). An infill
+job needs the same infill layout, and a seeded one has a key of its own and is decoded alone, with
+a generator seeded by it. Either way a seeded job's tokens are those of ``thunderdlm.load(RUN)
+.sample(...)`` with the same arguments.
 
 The worker thread reports to the request's asyncio task through ``emit`` (thread-safe); the task
 reads ``events``: ``("delta", (row, text))``, ``("state", (row, payload))``, ``("done", JobResult)``
@@ -59,6 +62,7 @@ class Job:
     n: int
     seed: int | None
     prompt_text: str = ""
+    group: tuple = ()                           # continuation: the padded sampler's batch_key
     stream: bool = False                        # text deltas as tokens are committed
     states: bool = False                        # the whole canvas after every step
     loop: asyncio.AbstractEventLoop | None = None
@@ -67,8 +71,11 @@ class Job:
     enqueued: float = field(default_factory=time.monotonic)
 
     def __post_init__(self):
-        layout = ("infill", tuple(self.editable)) if self.editable is not None else ("continue", len(self.prompt_ids))
-        self.key = (layout, self.settings, next(_unique) if self.seed is not None else None)
+        if self.editable is not None:
+            layout, alone = ("infill", tuple(self.editable)), self.seed is not None
+        else:
+            layout, alone = ("continue", self.group), False
+        self.key = (layout, self.settings, next(_unique) if alone else None)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop, self.events = loop, asyncio.Queue()

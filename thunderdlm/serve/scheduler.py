@@ -1,7 +1,8 @@
 """One worker thread per model: a queue of jobs, taken in arrival order, batched by key.
 
 The worker takes the oldest job and every queued job with the same ``Job.key`` (same settings,
-same canvas layout, no seed) up to ``max_batch_rows`` rows, and decodes them in one sampling batch
+the same exactness group of the padded sampler — prompts of other lengths included —, or the same
+infill layout) up to ``max_batch_rows`` rows, and decodes them in one sampling batch
 (``batch.run_batch``). A batch starts ``batch_wait_ms`` after its first job arrived and after the
 previous batch ended (the window lets concurrent requests meet); after a batch it also waits, for
 at most a quarter of a batch's duration, until as many rows are queued as were running or waiting
