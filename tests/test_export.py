@@ -87,6 +87,7 @@ def test_lm_holds_the_unmerged_base_and_the_tokenizer_with_the_mask_token(export
     for folder in (res.out, res.out / "lm"):
         tok = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
         assert tok.mask_token == "<|mask|>" and tok.mask_token_id == vocab and len(tok) == vocab + 1
+    assert "not as a left-to-right LM" in (res.out / "lm" / "README.md").read_text()
     adapter = json.loads((res.out / "lora" / "adapter_config.json").read_text())
     assert adapter["r"] == 4 and adapter["lora_alpha"] == 8 and adapter["base_model_name_or_path"] == "../lm"
     info = json.loads((res.out / "thunderdlm_export.json").read_text())

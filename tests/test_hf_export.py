@@ -54,7 +54,7 @@ FAMILIES = {
 
 CHECK = r'''
 import json, sys, torch
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
 results = {}
 for d, probe in json.loads(sys.argv[1]).items():
     model = AutoModel.from_pretrained(d, trust_remote_code=True).eval()
@@ -64,6 +64,10 @@ for d, probe in json.loads(sys.argv[1]).items():
     with torch.no_grad():
         for kwargs, expected in zip(p["calls"], p["expected"]):
             diffs.append(float((model(**kwargs).logits - expected).abs().max()))
+    if model.config.process == "masked":     # the masked-LM auto class: the same network
+        mlm = AutoModelForMaskedLM.from_pretrained(d, trust_remote_code=True).eval()
+        with torch.no_grad():
+            diffs.append(float((mlm(**p["calls"][0]).logits - p["expected"][0]).abs().max()))
     text = p["text"]
     try:
         x = model.generate(max_new_tokens=8, steps=4, temperature=0)

@@ -52,6 +52,15 @@ from thunderdlm.models.hf_adapter import HFDenoiser
 from thunderdlm.run_config import RunConfig
 
 LORA_DIR = "lora"
+LM_NOTE = """# The causal LM under a thunderdlm diffusion model
+
+This folder is the pretrained body the diffusion model is built on (with the mask row added to its
+vocabulary and, for a LoRA run, the base weights the adapter in `../lora` applies to). It was
+trained as a bidirectional denoiser (`is_causal=False`), not as a left-to-right LM: its
+`generate()` would decode left to right with a causal mask it was not trained for. The diffusion
+model is the parent folder: `AutoModel.from_pretrained("..", trust_remote_code=True)` (its
+`generate()` runs the diffusion sampler), or `thunderdlm sample ..`.
+"""
 TOLERANCE = 1e-5
 
 
@@ -139,6 +148,7 @@ def _write_lm(folder: Path, backbone: HFDenoiser, lm: LoadedRun, lora: bool) -> 
     if lm.tokenizer.kind == "hf":
         role = hf_tok.extra_token_role(lm.process.name, lm.process.model_vocab_size - lm.tokenizer.vocab_size)
         hf_tok.save(hf_tok.to_transformers(lm.tokenizer, role, lm.context), folder / LM_DIR)
+    ck.atomic_write_text(folder / LM_DIR / "README.md", LM_NOTE)
     if lora:
         backbone.lm.save_pretrained(str(folder / LORA_DIR))
         adapter_cfg = folder / LORA_DIR / "adapter_config.json"
