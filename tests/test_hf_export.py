@@ -424,24 +424,28 @@ def test_the_server_serves_an_export(masked):
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
 
 
-def test_generate_equals_thunderdlms_greedy_low_confidence_sampler(corpora, tmp_path):
-    """A time-agnostic masked model trained enough to write text: the export's generate() (one
-    commit per call, argmax) gives thunderdlm's own greedy low-confidence samples token for token."""
+@pytest.mark.parametrize("timed", [False, True], ids=["time_agnostic", "sigma_conditioned"])
+def test_generate_equals_thunderdlms_greedy_low_confidence_sampler(corpora, tmp_path, timed):
+    """A masked model trained enough to write text: the export's generate() (argmax, LLaDA's commit
+    counts, t = 1 - j/S, blocks) gives thunderdlm's own greedy low-confidence samples token for token."""
     from thunderdlm.hf_export.modeling_thunderdlm import ThunderDLMModel
 
     root, datas = corpora
     cfg = load_config("quickstart", TINY + [
         f"data.dir={datas['char']}", "model.n_embd=64", "train.max_steps=150", "train.batch_size=16",
         "train.lr=3e-3", "train.warmup_steps=10", "train.ckpt_interval=150",
-        "process.time_conditioning=false", "model.time_conditioning=false", f"out_dir={tmp_path / 'run'}"])
+        f"process.time_conditioning={str(timed).lower()}", f"model.time_conditioning={str(timed).lower()}",
+        f"out_dir={tmp_path / 'run'}"])
     train(cfg, show=False)
     res = export_run(tmp_path / "run", tmp_path / "out")
     lm = thunderdlm.load(tmp_path / "run", device="cpu")
     model = ThunderDLMModel.from_pretrained(res.out).eval()
+    assert model.config.sigma_conditioning is timed
     prompt = lm.tokenizer.encode("ROMEO:")
-    for length in (12, 26):
-        texts, _ = lm.sample("ROMEO:", length=length, steps=length, remasking="low_confidence",
-                             temperature=0, seed=0)
-        x = model.generate(torch.tensor([prompt]), max_new_tokens=length, steps=length, temperature=0)
-        assert lm.tokenizer.decode(x[0].tolist()) == texts[0]
+    for length, steps, block in ((12, 12, None), (26, 26, None), (26, 9, None), (26, 13, 8)):
+        texts, _ = lm.sample("ROMEO:", length=length, steps=steps, remasking="low_confidence",
+                             temperature=0, seed=0, block_length=block)
+        x = model.generate(torch.tensor([prompt]), max_new_tokens=length, steps=steps,
+                           block_length=block, temperature=0)
+        assert lm.tokenizer.decode(x[0].tolist()) == texts[0], (length, steps, block)
     assert len(set(texts[0])) > 5                               # real text, not one repeated token

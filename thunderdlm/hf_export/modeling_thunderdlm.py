@@ -585,9 +585,12 @@ class ThunderDLMModel(PreTrainedModel):
         """Masked diffusion sampling (LLaDA): ``input_ids`` (B, P) prompt (None: no prompt) followed
         by ``max_new_tokens`` masks, decoded block by block (``block_length``, default the whole
         span; a block-diffusion model's own block size), ``steps`` network calls shared out over the
-        blocks; each call commits an even share of the block's masked positions: those whose drawn
-        token is most probable (``remasking="low_confidence"``) or chosen at random (``"random"``).
-        ``temperature`` 0 takes the argmax. Returns (B, P + max_new_tokens) ids.
+        blocks in proportion to their sizes; call j of a block's S runs at t = 1 - j/S (σ(t) for a
+        time-conditioned model) and commits LLaDA's share of the block's masked positions (n // S,
+        the remainder one each in the first calls): those whose drawn token is most probable
+        (``remasking="low_confidence"``) or chosen at random (``"random"``). ``temperature`` 0
+        takes the argmax. Returns (B, P + max_new_tokens) ids. (thunderdlm's sampler follows the
+        same schedule: greedy samples of a masked model are equal token for token, tested.)
 
         Only masked and block models sample this way; other processes (uniform, score entropy,
         embedding, forcing, autoregressive) have their own reverse process: ``thunderdlm sample``."""
@@ -617,17 +620,17 @@ class ThunderDLMModel(PreTrainedModel):
             block_length = block_length or c.block_size
         block_length = block_length or max_new_tokens
         starts = list(range(P, L, block_length))
-        per_block = max(1, steps // len(starts))
-        for start in starts:
-            end = min(start + block_length, L)
-            for i in range(per_block):
+        sizes = [min(start + block_length, L) - start for start in starts]
+        for start, size, spb in zip(starts, sizes, split_steps(steps, sizes)):
+            end = start + size
+            for i in range(spb):
                 hidden = x[:, :end] == mask                                       # (B, end)
                 hidden[:, :start] = False
                 if not hidden.any():
                     break
                 left = hidden.sum(dim=1)                                          # (B,)
-                k = torch.ceil(left / (per_block - i)).long()                     # commits this call
-                t = (x == mask).float().mean(dim=1)                               # masked fraction
+                k = torch.ceil(left / (spb - i)).long()                           # LLaDA's share
+                t = torch.full((B,), 1.0 - i / spb, device=device)                # the time grid
                 logits = self(x, timesteps=self._sigma(t), attention_mask=pattern).logits[:, :end]
                 logits[..., mask] = -math.inf                                     # never predict M
                 x[:, :end] = self._commit(x[:, :end], logits, hidden, k, temperature, remasking, generator)
@@ -659,6 +662,23 @@ class ThunderDLMModel(PreTrainedModel):
         rank = order.argsort(dim=1)                                               # rank of each position
         keep = hidden & (rank < k[:, None])
         return torch.where(keep, draw, x)
+
+
+def split_steps(steps: int, sizes: list[int]) -> list[int]:
+    """Network calls per block in proportion to the blocks' sizes, at least one each, summing to
+    ``steps`` (remainders to the earliest of the largest shares): thunderdlm's ``split_steps``."""
+    n = len(sizes)
+    if steps < n:
+        raise ValueError(f"steps={steps} is fewer than the {n} blocks to decode")
+    quota = [steps * s / sum(sizes) for s in sizes]
+    out = [max(1, int(q)) for q in quota]
+    while sum(out) < steps:
+        i = max(range(n), key=lambda b: (quota[b] - out[b], -b))
+        out[i] += 1
+    while sum(out) > steps:
+        i = max((b for b in range(n) if out[b] > 1), key=lambda b: (out[b] - quota[b], -b))
+        out[i] -= 1
+    return out
 
 
 class ThunderDLMForMaskedLM(ThunderDLMModel):
