@@ -4,6 +4,8 @@
     RUN/tokenizer/         the tokenizer the model was trained with
     RUN/data.json          where the data came from (folder, meta, tokenizer fingerprint)
     RUN/metrics.jsonl      one JSON object per logged step / evaluation
+    RUN/samples/           periodic samples, step_NNNNNNN.txt (train.sample_interval)
+    RUN/tensorboard/, RUN/wandb/, RUN/wandb.json   the trackers of train.log_to (train/tracking.py)
     RUN/checkpoints/...    see checkpoint.py
     RUN/.lock              held (flock) by the training that writes the folder
 
