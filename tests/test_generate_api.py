@@ -94,6 +94,9 @@ def test_llada_names_are_ours(lms):
     (dict(max_new_tokens=8, cfg_scale=-1.0), ("cfg_scale",)),
     (dict(max_new_tokens=8, cfg_scale=float("nan")), ("cfg_scale",)),
     (dict(max_new_tokens=8, remasking="low_conf"), ("remasking",)),
+    (dict(max_new_tokens=8, num_return_sequences=0), ("num_return_sequences",)),
+    (dict(gen_length=2.5), ("gen_length",)),
+    (dict(max_new_tokens=8, stop_strings=5), ("stop_strings",)),
 ])
 def test_bad_or_conflicting_arguments_are_named(lms, kwargs, names):
     with pytest.raises(SamplingError) as err:

@@ -97,14 +97,16 @@ class DiffusionLM:
         ``n`` rows per prompt, and a prompt's rows do not depend on the other prompts in the list
         (padded batches, ``sampling/batched.py``, every prompt with ``seed``; under guidance one
         prompt after another, each as ``sample(prompt)``)."""
+        check_sample_args(steps=steps, n=1 if n is None else n, length=length,
+                          max_new_tokens=max_new_tokens, seed=seed, temperature=temperature,
+                          top_k=top_k, top_p=top_p, block_length=block_length, threshold=threshold,
+                          prompt=prompt, infill=infill, stop=stop, cfg_scale=cfg_scale,
+                          do_sample=do_sample, num_return_sequences=num_return_sequences,
+                          gen_length=gen_length, stop_strings=stop_strings)
         n = _same("n", n, "num_return_sequences", num_return_sequences)
         n = 1 if n is None else n
         max_new_tokens = _same("max_new_tokens", max_new_tokens, "gen_length", gen_length)
         stop = _same("stop", _stops(stop), "stop_strings", _stops(stop_strings))
-        check_sample_args(steps=steps, n=n, length=length, max_new_tokens=max_new_tokens, seed=seed,
-                          temperature=temperature, top_k=top_k, top_p=top_p, block_length=block_length,
-                          threshold=threshold, prompt=prompt, infill=infill, stop=stop,
-                          cfg_scale=cfg_scale, do_sample=do_sample)
         if remasking not in REMASKING:
             raise SamplingError(f"--remasking must be one of {list(REMASKING)}, got {remasking!r}")
         if cfg_scale:

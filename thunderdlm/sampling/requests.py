@@ -55,19 +55,23 @@ def _text(name: str, value) -> None:
 
 def check_sample_args(*, steps=64, n=1, length=None, max_new_tokens=None, seed=None, temperature=1.0,
                       top_k=0, top_p=1.0, block_length=None, threshold=None, prompt=None,
-                      infill=None, stop=None, cfg_scale=0.0, do_sample=None) -> None:
+                      infill=None, stop=None, cfg_scale=0.0, do_sample=None,
+                      num_return_sequences=None, gen_length=None, stop_strings=None) -> None:
     """SamplingError naming the first bad argument (and its CLI flag); nothing else is done.
 
     ``prompt`` may be a list of strings (a batch of prompts); ``do_sample`` None, True or False
-    (transformers' switch: False is greedy decoding, True needs a temperature > 0)."""
+    (transformers' switch: False is greedy decoding, True needs a temperature > 0). The other
+    names of a setting (transformers' ``num_return_sequences``, ``stop_strings``, LLaDA's
+    ``gen_length``) are checked under their own names."""
     _int("steps", steps, 1, MAX_STEPS, cap=" (the cap is THUNDERDLM_MAX_STEPS)")
     _int("n", n, 1)
-    for name, value in (("length", length), ("block_length", block_length)):
+    for name, value in (("length", length), ("block_length", block_length),
+                        ("num_return_sequences", num_return_sequences)):
         if value is not None:
             _int(name, value, 1)
-    if max_new_tokens is not None:
-        _int("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS,
-             cap=" (the cap is THUNDERDLM_MAX_NEW_TOKENS)")
+    for name, value in (("max_new_tokens", max_new_tokens), ("gen_length", gen_length)):
+        if value is not None:
+            _int(name, value, 1, MAX_NEW_TOKENS, cap=" (the cap is THUNDERDLM_MAX_NEW_TOKENS)")
     if seed is not None:
         _int("seed", seed, *SEED_RANGE)
     _float("temperature", temperature, 0.0, 1e6)
@@ -88,11 +92,12 @@ def check_sample_args(*, steps=64, n=1, length=None, max_new_tokens=None, seed=N
     else:
         _text("prompt", prompt)
     _text("infill", infill)
-    stops = [stop] if isinstance(stop, str) or stop is None else stop
-    if not isinstance(stops, (list, tuple)):
-        raise _bad("stop", f"must be a string or a list of strings, got {type(stop).__name__}")
-    for item in stops:
-        _text("stop", item)
+    for name, value in (("stop", stop), ("stop_strings", stop_strings)):
+        stops = [value] if isinstance(value, str) or value is None else value
+        if not isinstance(stops, (list, tuple)):
+            raise _bad(name, f"must be a string or a list of strings, got {type(value).__name__}")
+        for item in stops:
+            _text(name, item)
 
 
 @dataclass
