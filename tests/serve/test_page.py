@@ -39,16 +39,20 @@ def run_page(driver, url: str, prompt: str, max_tokens: int, steps: int, timeout
         el = driver.find_element(By.ID, field)
         el.clear()
         el.send_keys(str(value))
-    seen_masked = []                                        # did a pane ever show undecided positions?
+    # did a pane ever show undecided positions? Watched inside the page (a generation of a tiny
+    # model can start and finish between two of the driver's polls)
+    driver.execute_script(
+        "window.sawMasked = false; new MutationObserver(() => {"
+        " if (document.querySelector('.canvas .m')) window.sawMasked = true; })"
+        ".observe(document.body, {subtree: true, childList: true, characterData: true});")
     driver.find_element(By.ID, "go").click()
 
     def finished(d):
-        seen_masked.append(bool(d.find_elements(By.CSS_SELECTOR, ".canvas .m")))
         states = [s.get_attribute("data-state") for s in d.find_elements(By.CSS_SELECTOR, ".status")]
         return all(s in ("done", "error") for s in states) and states
     states = wait.until(finished)
     panes = driver.find_elements(By.CSS_SELECTOR, ".pane")
-    return {"states": states, "saw_masked": any(seen_masked),
+    return {"states": states, "saw_masked": bool(driver.execute_script("return window.sawMasked")),
             "texts": [p.find_element(By.CSS_SELECTOR, ".canvas").text for p in panes],
             "status": [p.find_element(By.CSS_SELECTOR, ".status").text for p in panes],
             "tps": [p.find_element(By.CSS_SELECTOR, ".tps").text for p in panes],
