@@ -319,6 +319,19 @@ def test_without_context_the_estimator_is_the_process_nelbo(lms, runs, name, tim
     assert abs(ll["loglikelihood"] + nll["nats_total"]) < 4 * se
 
 
+@pytest.mark.parametrize("A, B", [(16, 32), (10, 4), (24, 128), (7, 32), (32, 32), (5, 1)])
+def test_every_row_count_is_uniform_over_k(A, B):
+    # unbiased per row: over k = 1..A each row's count takes every value 1..A once (LLaDA's
+    # half-to-even rounding gives half the rows even counts only at A = 16, B = 32); and for
+    # every k the batch is spread evenly over 1..A
+    from thunderdlm.loglikelihood import cover_counts
+    table = torch.stack([cover_counts(k, A, B) for k in range(1, A + 1)])        # (A, B)
+    assert all(sorted(table[:, j].tolist()) == list(range(1, A + 1)) for j in range(B))
+    for row in table:
+        hist = torch.bincount(row - 1, minlength=A)
+        assert int(hist.max()) - int(hist.min()) <= 1 if B >= A else int(hist.max()) == 1
+
+
 def test_a_perfect_predictor_scores_zero(lms, oracle_model):
     from thunderdlm.loglikelihood import conditional_loglikelihood
     lm = lms["masked"]
