@@ -238,9 +238,11 @@ def test_guidance_changes_the_samples_of_a_trained_run(lms):
     lm = lms["masked"]
     kw = dict(max_new_tokens=8, n=4, steps=8, seed=2)
     assert lm.generate("to be or", cfg_scale=3.0, **kw) != lm.generate("to be or", **kw)
-    # a list under guidance: each prompt as alone
-    both = lm.generate(["to be", "that is"], cfg_scale=1.0, **kw)
-    assert both[4:] == lm.generate("that is", cfg_scale=1.0, **kw)
+    # a list under guidance, prompts of two lengths in one padded batch: each prompt as alone
+    both, res = lm.sample(["to be", "that is"], cfg_scale=1.0, **kw)
+    assert both[:4] == lm.generate(["to be"], cfg_scale=1.0, **kw)
+    assert both[4:] == lm.generate(["that is"], cfg_scale=1.0, **kw)
+    assert res.nfe == lm.sample(["to be"], cfg_scale=1.0, **kw)[1].nfe     # one batch, not two runs
 
 
 @pytest.mark.parametrize("name", ["autoregressive", "uniform", "sedd_uniform", "embedding", "forcing"])

@@ -120,9 +120,6 @@ class DiffusionLM:
                 raise SamplingError("a list of prompts is continued by max_new_tokens (or "
                                     "gen_length) tokens each: give it, without infill or a "
                                     "different length")
-            if cfg_scale:            # the guided canvas is made per run: one prompt after another
-                return self._continue_each(list(prompt), max_new_tokens, n=n, steps=steps,
-                                           seed=seed, stop=stop, callback=callback, options=options)
             return self._continue_batch(list(prompt), max_new_tokens, n=n, steps=steps, seed=seed,
                                         stop=stop, callback=callback, options=options)
         if max_new_tokens is not None:
@@ -141,33 +138,24 @@ class DiffusionLM:
                         options: dict) -> tuple[list[str], SampleResult]:
         """The prompts in padded batches (``sampling/batched.py``), every prompt with ``seed``; a
         row's tokens are those it gets in any other list (sample j ≥ 1 of a prompt draws from
-        ``rng.row_seed(seed, j)``, so with n > 1 they differ from ``sample(prompt)``'s)."""
+        ``rng.row_seed(seed, j)``, so with n > 1 they differ from ``sample(prompt)``'s). Under
+        classifier-free guidance each padded canvas gets its own ``Guided`` wrapper, hiding its
+        known columns (prompts; pads, which no query sees anyway) in the unconditional pass."""
         rule = StopRule(self.tokenizer.eos_id, tuple(stop or ()))
         opts = SampleOptions(options["temperature"], options["top_k"], options["top_p"],
                              options["remasking"], options["threshold"])
+        model = None
+        if options["cfg_scale"]:
+            null_id, scale = unconditional_token(self.process), options["cfg_scale"]
+
+            def model(x_init: torch.Tensor, editable: torch.Tensor) -> Guided:
+                return Guided(self.model, ~editable.bool(), null_id, scale)
         ids, res = sample_prompts(self, prompts, new_tokens=new_tokens, n=n,
                                   seeds=[seed] * len(prompts), steps=steps, options=opts,
-                                  block_length=options["block_length"], stop=rule, callback=callback)
+                                  block_length=options["block_length"], stop=rule, callback=callback,
+                                  model=model)
         texts = [prompts[r // n] + rule.cut_text(self.tokenizer.decode(row)) for r, row in enumerate(ids)]
         return texts, res
-
-    def _continue_each(self, prompts: list[str], new_tokens: int, *, n: int, steps: int,
-                       seed: int | None, stop: list[str] | None, callback,
-                       options: dict) -> tuple[list[str], SampleResult]:
-        """Every prompt continued on its own, with the same ``seed``, one after the other (lists
-        under classifier-free guidance): a prompt's rows are those of ``sample(prompt, ...)``. The
-        result's ``tokens`` are the generated ids, right-padded with EOS (0 without one)."""
-        texts, results = [], []
-        for prompt in prompts:
-            out, res = self._continue(prompt, new_tokens, n=n, steps=steps, seed=seed, stop=stop,
-                                      callback=callback, options=options)
-            texts += out
-            results.append(res)
-        pad = self.tokenizer.eos_id if self.tokenizer.eos_id is not None else 0
-        rows = [row for res in results for row in res.tokens]
-        tokens = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad)
-        return texts, SampleResult(tokens, sum(r.nfe for r in results), sum(r.steps for r in results),
-                                   sum(r.generated for r in results), all(r.stopped for r in results))
 
     def _continue(self, prompt: str, new_tokens: int, *, n: int, steps: int, seed: int | None,
                   stop: list[str] | str | None, callback, options: dict) -> tuple[list[str], SampleResult]:
