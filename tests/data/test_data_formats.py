@@ -154,6 +154,7 @@ def test_parquet_problems_are_named(tmp_path: Path):
     ("broken.txt.gz", b"not gzip at all", r"broken\.txt\.gz' is not a valid gzip file"),
     ("broken.jsonl.gz", gzip.compress(b'{"text": "\xff"}'), r"broken\.jsonl\.gz' is not UTF-8 text"),
     ("x.parquet.gz", b"", "Parquet compresses itself"),
+    ("header_only.csv", b"title,text\n", r"csv file '.*header_only\.csv' holds no rows"),
 ])
 def test_unreadable_files_are_named(tmp_path: Path, name, data, message):
     (tmp_path / name).write_bytes(data)

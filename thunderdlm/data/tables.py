@@ -75,6 +75,9 @@ def file_documents(file: Path, fmt: str, text_field: str) -> list[str]:
             else:
                 table = datasets.Dataset.from_parquet(str(file), cache_dir=cache, keep_in_memory=True)
         except Exception as e:   # pandas / pyarrow / datasets each raise their own types
+            if "corresponds to no data" in str(e):      # datasets' words for a file of no rows
+                raise DataError(f"{fmt} file '{file}' holds no rows (a header at most); add rows "
+                                "or remove it from the data paths") from None
             raise DataError(f"cannot read {fmt} file '{file}': {_root_cause(e)}") from None
     return _texts(table, text_field, str(file))
 
