@@ -83,3 +83,24 @@ def test_stream_and_plain_requests_share_a_batch(slow_batching_server):
         b = pool.submit(_post, slow_batching_server.url, body)
         c = pool.submit(stream, 0)
         assert a.result() == b.result()["usage"]["batch_rows"] == c.result() == 3
+
+
+def test_guidance_and_top_k_requests_equal_the_python_api(slow_batching_server, tiny_lms):
+    """cfg_scale (LLaDA's classifier-free guidance) and top_k (vLLM's extension) reach the sampler:
+    two prompt lengths guided in one batch, each equal to generate() with the same arguments."""
+    url = slow_batching_server.url
+    bodies = [{"model": "masked", "prompt": p, "max_tokens": 10, "steps": 10, "seed": 9,
+               "cfg_scale": 50.0, "top_k": 20} for p in ("to be", "not to be")]
+    out = _concurrently(url, bodies)
+    assert [o["usage"]["batch_rows"] for o in out] == [2, 2]
+    lm = tiny_lms["masked"]
+    for body, o in zip(bodies, out):
+        want = lm.generate([body["prompt"]], max_new_tokens=10, steps=10, seed=9, cfg_scale=50.0,
+                           top_k=20)[0]
+        assert o["choices"][0]["text"] == want[len(body["prompt"]):]
+    unguided = _post(url, dict(bodies[0], cfg_scale=0.0))["choices"][0]["text"]
+    assert unguided == lm.generate(["to be"], max_new_tokens=10, steps=10, seed=9, top_k=20)[0][5:]
+    # the guidance did reach the sampler (this 20-step model barely reads its prompt: a large scale)
+    assert unguided != out[0]["choices"][0]["text"]
+    r = httpx.post(url + "/v1/completions", json=dict(bodies[0], cfg_scale=-1), timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "cfg_scale"

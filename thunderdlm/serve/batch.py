@@ -27,6 +27,7 @@ import torch
 from thunderdlm.processes.base import SampleOptions
 from thunderdlm.rng import row_seed
 from thunderdlm.sampling.batched import sample_prompts
+from thunderdlm.sampling.guidance import Guided, unconditional_token
 from thunderdlm.sampling.loop import StepInfo
 from thunderdlm.sampling.rolling import StopRule
 from thunderdlm.serve.jobs import Job, JobResult, RowResult
@@ -147,23 +148,30 @@ def run_batch(lm, jobs: list[Job]) -> tuple[int, int]:
     s = jobs[0].settings
     rule = StopRule(lm.tokenizer.eos_id, s.stop)
     tracker = Tracker(lm, jobs, rule)
-    options = SampleOptions(temperature=s.temperature, top_p=s.top_p, remasking=s.remasking,
-                            threshold=s.threshold)
+    options = SampleOptions(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                            remasking=s.remasking, threshold=s.threshold)
     rows = len(tracker.rows)
     if jobs[0].editable is not None:
         x = torch.tensor(jobs[0].prompt_ids).repeat(rows, 1)
         editable = torch.tensor(jobs[0].editable).repeat(rows, 1)
         tracker.editable = editable[0]
         res = lm.sample_tokens(x, editable, steps=s.steps, generator=_generator(lm, jobs),
-                               callback=tracker.on_step, temperature=s.temperature, top_p=s.top_p,
-                               remasking=s.remasking, block_length=s.block_length, threshold=s.threshold)
+                               callback=tracker.on_step, temperature=s.temperature, top_k=s.top_k,
+                               top_p=s.top_p, remasking=s.remasking, block_length=s.block_length,
+                               threshold=s.threshold, cfg_scale=s.cfg_scale)
         region = res.tokens.cpu()[:, editable[0]].tolist()
     else:       # one prompt per row: job j's row i is seeded row_seed(seed_j, i), as sample(n=…) does
         prompts = [j.prompt_ids for j in jobs for _ in range(j.n)]
         seeds = [row_seed(j.seed, i) if j.seed is not None else None for j in jobs for i in range(j.n)]
+        model = None
+        if s.cfg_scale:               # a Guided wrapper per padded canvas: its known columns hidden
+            null_id = unconditional_token(lm.process)
+
+            def model(x_init: torch.Tensor, editable: torch.Tensor) -> Guided:
+                return Guided(lm.model, ~editable.bool(), null_id, s.cfg_scale)
         _, res = sample_prompts(lm, prompts, new_tokens=s.max_tokens, seeds=seeds, steps=s.steps,
                                 options=options, block_length=s.block_length, stop=rule,
-                                callback=tracker.on_step)
+                                callback=tracker.on_step, model=model)
         region = res.tokens.cpu().tolist()           # uncut (the finish reason reads the stop)
     results = [tracker.finish(r, row, rule) for r, row in enumerate(region)]
     seconds = time.perf_counter() - t0

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from thunderdlm.errors import ThunderError
 from thunderdlm.sampling.batched import batch_key
+from thunderdlm.sampling.guidance import unconditional_token
 from thunderdlm.sampling.requests import parse_template
 from thunderdlm.serve.config import ServeConfig
 from thunderdlm.serve.jobs import Job, Settings
@@ -63,8 +64,13 @@ class ServedModel:
         if req.threshold is not None and not lm.process.supports_threshold:
             raise ApiError(400, f"threshold needs a process that shows undecided positions as a mask "
                                 f"(masked, block); model {self.name!r} is {lm.cfg.process.name!r}", "threshold")
+        if req.cfg_scale:
+            try:
+                unconditional_token(lm.process)
+            except ThunderError as e:
+                raise ApiError(400, f"model {self.name!r}: {e}", "cfg_scale") from None
         return Settings(tokens, steps, req.temperature, req.top_p, req.remasking, req.block_length,
-                        req.threshold, tuple(req.stop or ()))
+                        req.threshold, tuple(req.stop or ()), req.top_k, req.cfg_scale)
 
     def _continuation(self, prompt: str, param: str) -> list[int]:
         ids = self._encode(prompt, param)

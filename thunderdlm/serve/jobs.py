@@ -35,6 +35,8 @@ class Settings:
     block_length: int | None
     threshold: float | None
     stop: tuple[str, ...]
+    top_k: int = 0
+    cfg_scale: float = 0.0
 
 
 @dataclass

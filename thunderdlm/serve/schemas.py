@@ -2,7 +2,7 @@
 
 ``CompletionRequest`` is OpenAI's ``/v1/completions`` body plus the diffusion extensions, under
 their own names: ``steps`` (reverse steps), ``remasking``, ``block_length``, ``threshold``
-(Fast-dLLM's τ), ``infill`` (a template with ``[MASK:N]`` spans, instead of prompt + suffix) and
+(Fast-dLLM's τ), ``top_k`` (as vLLM), ``cfg_scale`` (LLaDA's classifier-free guidance), ``infill`` (a template with ``[MASK:N]`` spans, instead of prompt + suffix) and
 ``stream_states`` (SSE events carrying the whole canvas after every denoising step). Fields
 OpenAI has but a diffusion sampler cannot honour (``logprobs``, penalties, ``logit_bias``,
 ``best_of`` ≠ n) are accepted at their neutral value and refused otherwise, naming the field.
@@ -61,6 +61,8 @@ class _Sampling(BaseModel):
     remasking: Literal["ancestral", "low_confidence", "random"] = "ancestral"
     block_length: int | None = Field(None, ge=1)
     threshold: float | None = Field(None, ge=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)                      # vLLM's extension: 0 = off
+    cfg_scale: float = Field(0.0, ge=0.0, le=100.0)  # LLaDA's classifier-free guidance: 0 = off
     stream_states: bool = False
 
     @field_validator("stop")
