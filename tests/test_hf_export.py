@@ -449,3 +449,32 @@ def test_generate_equals_thunderdlms_greedy_low_confidence_sampler(corpora, tmp_
                            block_length=block, temperature=0)
         assert lm.tokenizer.decode(x[0].tolist()) == texts[0], (length, steps, block)
     assert len(set(texts[0])) > 5                               # real text, not one repeated token
+
+
+def test_block_generate_decodes_on_the_models_grid_as_thunderdlm(corpora, tmp_path):
+    """Block diffusion: the export's generate() cuts its blocks on the absolute grid the model was
+    trained on (a prompt of P tokens fills the start of the first block), as thunderdlm's sampler
+    does, so greedy samples are equal token for token for prompts of any length."""
+    from thunderdlm.hf_export.modeling_thunderdlm import ThunderDLMModel
+
+    root, datas = corpora
+    cfg = load_config("shakespeare_char_block", TINY + [
+        f"data.dir={datas['char']}", "process.block_size=4", "model.n_embd=64", "train.max_steps=150",
+        "train.batch_size=16", "train.lr=3e-3", "train.warmup_steps=10", "train.ckpt_interval=150",
+        f"out_dir={tmp_path / 'run'}"])
+    train(cfg, show=False)
+    res = export_run(tmp_path / "run", tmp_path / "out")
+    lm = thunderdlm.load(tmp_path / "run", device="cpu")
+    model = ThunderDLMModel.from_pretrained(res.out).eval()
+    seen = set()
+    for prompt in ("RO", "ROMEO:", "ROMEO: wh"):                 # 2, 6, 9 tokens: 4 ∤ P mostly
+        ids = lm.tokenizer.encode(prompt)
+        for length, steps in ((13, 13), (13, 5), (10, 2)):       # 2 steps < its blocks: one each
+            texts, _ = lm.sample(prompt, length=length, steps=steps, remasking="low_confidence",
+                                 temperature=0, seed=0)
+            x = model.generate(torch.tensor([ids]), max_new_tokens=length, steps=steps, temperature=0)
+            assert lm.tokenizer.decode(x[0].tolist()) == texts[0], (prompt, length, steps)
+            seen.add(texts[0][len(prompt):])
+    assert len(seen) > 3                                          # not one degenerate answer
+    with pytest.raises(ValueError, match="blocks of 4 tokens"):
+        model.generate(torch.tensor([ids]), max_new_tokens=8, block_length=8)

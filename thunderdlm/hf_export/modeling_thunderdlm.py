@@ -584,13 +584,14 @@ class ThunderDLMModel(PreTrainedModel):
                  **kwargs) -> torch.Tensor:
         """Masked diffusion sampling (LLaDA): ``input_ids`` (B, P) prompt (None: no prompt) followed
         by ``max_new_tokens`` masks, decoded block by block (``block_length``, default the whole
-        span; a block-diffusion model's own block size), ``steps`` network calls shared out over the
-        blocks in proportion to their sizes; call j of a block's S runs at t = 1 - j/S (σ(t) for a
+        span; a block-diffusion model's own blocks on its absolute grid, the first one ending at the
+        next multiple of the block size), ``steps`` network calls shared out over the blocks in
+        proportion to their sizes (at least one each for block diffusion); call j of a block's S runs at t = 1 - j/S (σ(t) for a
         time-conditioned model) and commits LLaDA's share of the block's masked positions (n // S,
         the remainder one each in the first calls): those whose drawn token is most probable
         (``remasking="low_confidence"``) or chosen at random (``"random"``). ``temperature`` 0
         takes the argmax. Returns (B, P + max_new_tokens) ids. (thunderdlm's sampler follows the
-        same schedule: greedy samples of a masked model are equal token for token, tested.)
+        same schedule: greedy samples of a masked or block model are equal token for token, tested.)
 
         Only masked and block models sample this way; other processes (uniform, score entropy,
         embedding, forcing, autoregressive) have their own reverse process: ``thunderdlm sample``."""
@@ -615,12 +616,21 @@ class ThunderDLMModel(PreTrainedModel):
         x = torch.cat([prompt, torch.full((B, max_new_tokens), mask, device=device)], dim=1)
         pattern = None
         if c.process == "block":                      # block-causal on the grid the model was trained on
-            b = torch.arange(L, device=device) // c.block_size
+            g = c.block_size
+            b = torch.arange(L, device=device) // g
             pattern = (b[None, :] <= b[:, None])[None, None]                    # (1, 1, L, L)
-            block_length = block_length or c.block_size
-        block_length = block_length or max_new_tokens
-        starts = list(range(P, L, block_length))
-        sizes = [min(start + block_length, L) - start for start in starts]
+            if block_length not in (None, g):
+                raise ValueError(f"a block-diffusion model decodes its own blocks of {g} tokens; "
+                                 f"block_length={block_length} does not apply")
+            # decoded on that absolute grid: the first block ends at the next multiple of g (a
+            # prompt of P tokens fills its start), so a block never holds masks of two grid blocks
+            cuts = [P] + list(range((P // g + 1) * g, L, g)) + [L]
+            starts, sizes = cuts[:-1], [hi - lo for lo, hi in zip(cuts[:-1], cuts[1:])]
+            steps = max(steps, len(sizes))            # at least one call per block, as thunderdlm
+        else:
+            block_length = block_length or max_new_tokens
+            starts = list(range(P, L, block_length))
+            sizes = [min(start + block_length, L) - start for start in starts]
         for start, size, spb in zip(starts, sizes, split_steps(steps, sizes)):
             end = start + size
             for i in range(spb):
