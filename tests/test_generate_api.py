@@ -397,6 +397,20 @@ def test_cli_greedy_and_cfg_scale(runs, capsys):
     assert "cfg_scale" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["masked", "block", "autoregressive"])
+def test_cli_repeated_prompt_is_one_padded_batch_each_as_alone(runs, capsys, name):
+    from thunderdlm.cli import main
+    base = ["sample", str(runs[name]), "--max-new-tokens", "8", "--steps", "8", "--seed", "3", "--json"]
+    alone = []
+    for prompt in ("to be", "that is the"):
+        assert main(base + ["--prompt", prompt]) == 0
+        alone += json.loads(capsys.readouterr().out)["samples"]
+    assert main(base + ["--prompt", "to be", "--prompt", "that is the"]) == 0
+    assert json.loads(capsys.readouterr().out)["samples"] == alone
+    assert main(base + ["--prompt", "to be", "--prompt", "that", "--live"]) != 0
+    assert "--live" in capsys.readouterr().err
+
+
 def test_block_estimator_with_a_shifted_head_and_blocks_of_one_is_the_causal_lm(tmp_path):
     # an AR model made a block diffusion model (the hf adapter's shifted head): with blocks of one
     # token each block holds one masked token (l = A_b = 1, weight 1) whose prediction is read at

@@ -77,6 +77,9 @@ def cmd_sample(args) -> int:
     import thunderdlm
     from thunderdlm.display import Crystallizer
 
+    prompt = args.prompt[0] if args.prompt and len(args.prompt) == 1 else args.prompt
+    if isinstance(prompt, list) and args.live:
+        raise ThunderError("--live shows one sample crystallising: give a single --prompt")
     lm = thunderdlm.load(args.run, checkpoint=args.checkpoint, device=args.device, overrides=args.set)
     kwargs = dict(infill=args.infill, length=args.length, n=args.n, steps=args.steps, seed=args.seed,
                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -85,9 +88,9 @@ def cmd_sample(args) -> int:
                   cfg_scale=args.cfg_scale, do_sample=False if args.greedy else None)
     if args.live:
         with Crystallizer(lm.token_str, lm.process.noise_token_id) as live:
-            texts, res = lm.sample(args.prompt, callback=live, **kwargs)
+            texts, res = lm.sample(prompt, callback=live, **kwargs)
     else:
-        texts, res = lm.sample(args.prompt, **kwargs)
+        texts, res = lm.sample(prompt, **kwargs)
     if args.json:
         print(json.dumps({"samples": texts, "nfe": res.nfe, "steps": res.steps,
                           "generated_tokens": res.generated,
@@ -297,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("run")
     sa.add_argument("--steps", type=int, default=64, help="reverse steps (network evaluations at most)")
     sa.add_argument("--length", type=int, default=None, help="tokens to generate (default: the context)")
-    sa.add_argument("--prompt", default=None, help="text to continue")
+    sa.add_argument("--prompt", action="append", default=None,
+                    help="text to continue; repeat it for several prompts, sampled in one padded "
+                         "batch (with --max-new-tokens), each as it would be alone")
     sa.add_argument("--infill", default=None, help="template with [MASK:N] spans, e.g. 'To be, or [MASK:12] the question'")
     sa.add_argument("--n", type=int, default=1, help="number of samples")
     sa.add_argument("--seed", type=int, default=None)
