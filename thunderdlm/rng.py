@@ -136,3 +136,23 @@ def draw_rows(generator: Generatorish, active: torch.Tensor,
     if active.any():
         out[active] = draw(generator.select(active), active)
     return out
+
+
+def draw_spans(generator: Generatorish, active: torch.Tensor,
+               spans: Sequence[tuple[int, int]] | None,
+               draw: Callable[[Generatorish, slice, slice], torch.Tensor],
+               rest: torch.Tensor) -> torch.Tensor:
+    """``draw_rows`` where row i draws over its own columns ``spans[i]`` = [a, b) of dim 1 only.
+
+    A step works on the union span of its rows; a row sampled alone works on its own span, which
+    in a batch of rows with different editable columns (block diffusion's grid-aligned prompts,
+    ``sampling/batched.py``) may be narrower. ``draw(g, rows, cols)`` returns the draws (1, b − a,
+    ...) of ``rest[rows, cols]``; each active row draws exactly the numbers its alone run draws.
+    ``spans`` None (or a plain generator): ``draw_rows`` over the whole span."""
+    if spans is None or not isinstance(generator, RowGenerators):
+        return draw_rows(generator, active, lambda g, r: draw(g, r, slice(None)), rest)
+    out = rest.clone()
+    for i in active.nonzero().flatten().tolist():
+        a, b = spans[i]
+        out[i:i + 1, a:b] = draw(generator.select([i]), slice(i, i + 1), slice(a, b))
+    return out

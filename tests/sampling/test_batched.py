@@ -106,14 +106,13 @@ def test_block_diffusion_rows_with_whole_blocks_of_padding_are_exact(kv_cache):
     lm = make_lm("block", backbone="gpt", block_size=4, kv_cache=kv_cache)
     prompts, seeds = ["abc", "hijj. a", "a.bcdefghij", "abcdefghij ba."], [1, 2, 3, 4]   # 3, 7, 11, 14
     kw = dict(new_tokens=10, n=2, steps=6, stop=StopRule(None))
-    batched, res = sample_prompts(lm, prompts, seeds=seeds, **kw)
+    canvases = set()
+    batched, res = sample_prompts(lm, prompts, seeds=seeds, callback=lambda i: canvases.add(i.rows),
+                                  **kw)
     assert batched == alone(lm, prompts, seeds, **kw)
-    # lengths 3, 7 and 11 share a residue mod 4 (one padded batch), 14 is a group of its own
+    # lengths 3, 7, 11 (≡ 3 mod 4) and 14 (≡ 2): one grid-aligned batch (test_block_any_length.py)
     keys = {batch_key(lm.process, lm.model, len(p)) for p in prompts}
-    assert keys == {("grid", 3), ("grid", 2)}
-    one = sample_prompts(lm, prompts[:1], seeds=[1], **kw)[1].steps
-    two = sample_prompts(lm, prompts[3:], seeds=[1], **kw)[1].steps
-    assert res.steps == one + two
+    assert keys == {("grid",)} and canvases == {tuple(range(8))}
 
 
 def test_block_diffusion_threshold_decoding_is_batch_invariant():

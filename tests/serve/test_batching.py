@@ -38,14 +38,15 @@ def test_prompts_of_any_length_share_a_masked_batch_each_row_as_alone(slow_batch
 
 
 def test_block_diffusion_batches_prompt_lengths_on_the_same_block_grid(slow_batching_server):
-    """Blocks of 4 on absolute positions: "to be" (5) and "not to be" (9) sit alike on the grid
-    and share a batch; "to be," (6) waits for its own; every row equals its decoding alone."""
+    """Blocks of 4 on absolute positions: "to be" (5), "not to be" (9) and "to be," (6) are padded
+    by whole blocks onto one grid-aligned canvas and share a batch; every row equals its decoding
+    alone."""
     url = slow_batching_server.url
     same = {"model": "block", "prompt": "to be", "max_tokens": 8, "steps": 8, "seed": 11}
     bodies = [same, dict(same, prompt="not to be", seed=12), dict(same, prompt="to be,", seed=13)] * 2
     alone = [_post(url, b)["choices"][0]["text"] for b in bodies[:3]]
     out = _concurrently(url, bodies)
-    assert [o["usage"]["batch_rows"] for o in out] == [4, 4, 2] * 2
+    assert [o["usage"]["batch_rows"] for o in out] == [6] * 6
     assert [o["choices"][0]["text"] for o in out] == alone * 2
     assert all(len(o["choices"][0]["text"]) == 8 for o in out)
 
@@ -104,3 +105,37 @@ def test_guidance_and_top_k_requests_equal_the_python_api(slow_batching_server, 
     assert unguided != out[0]["choices"][0]["text"]
     r = httpx.post(url + "/v1/completions", json=dict(bodies[0], cfg_scale=-1), timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == "cfg_scale"
+
+
+def test_block_streams_of_different_grid_offsets_share_a_batch_each_as_alone(slow_batching_server):
+    """Per-row first columns (the grid-aligned canvas) in the stream: each stream's text and its
+    last state equal the request decoded alone."""
+    import json
+
+    url = slow_batching_server.url
+    bodies = [{"model": "block", "prompt": p, "max_tokens": 9, "steps": 9, "seed": 20 + i}
+              for i, p in enumerate(["to be", "to be,", "not to be or"])]
+    alone = [_post(url, b)["choices"][0]["text"] for b in bodies]
+
+    def stream(body):
+        events, event = [], "message"
+        with httpx.stream("POST", url + "/v1/completions", timeout=60,
+                          json=dict(body, stream=True, stream_states=True,
+                                    stream_options={"include_usage": True})) as r:
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: {"):
+                    events.append((event, json.loads(line[6:])))
+                    event = "message"
+        text = "".join(d["choices"][0]["text"] for e, d in events if e == "message" and d["choices"])
+        states = [d for e, d in events if e == "state"]
+        rows = [d["usage"]["batch_rows"] for e, d in events if e == "message" and d.get("usage")]
+        return text, states[-1], rows[-1]
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        out = list(pool.map(stream, bodies))
+    for body, want, (text, last, rows) in zip(bodies, alone, out):
+        assert text == want and rows == 3
+        assert "".join(t for t, _ in last["segments"]) == body["prompt"] + want
+        assert last["decided"] == 9

@@ -49,7 +49,11 @@ class SampleOptions:
 class StepContext:
     """What the sampling loop hands to one ``process.step`` call.
 
-    ``t`` > ``s`` are the current and next times in [0, 1] (``s = 0`` on a block's last step).
+    ``t`` > ``s`` are the current and next times in [0, 1] (``s = 0`` on a block's last step):
+    floats, or per-row (B,) float64 tensors when the rows of a batch follow their own schedules
+    (block diffusion's grid-aligned prompts of any length, ``sampling/loop.py``; only processes
+    with a ``block_grid`` get tensors). ``draw_spans``: set by a step that draws per row, each
+    row's own [a, b) within the step's span (None: the whole span; ``rng.draw_spans``).
     ``editable`` marks the positions this step may change (the current block's generated
     positions); every other position must come back unchanged. ``generator`` is one
     ``torch.Generator`` or per-row ``RowGenerators`` (``thunderdlm/rng.py``: steps draw through its
@@ -59,8 +63,8 @@ class StepContext:
     schedule (LLaDA); ``None`` lets the process follow its own ancestral rule.
     """
 
-    t: float
-    s: float
+    t: float | torch.Tensor                 # a float, or (B,) float64 per row (see above)
+    s: float | torch.Tensor
     editable: torch.Tensor                  # (B, L) bool
     options: SampleOptions
     generator: torch.Generator | None = None
@@ -71,6 +75,7 @@ class StepContext:
     pending: torch.Tensor | None = None     # (B, L) bool: generated positions of later blocks (still noise)
     valid: torch.Tensor | None = None       # (B, L) bool: real columns of a padded batch (None: all)
     positions: torch.Tensor | None = None   # (B, L) long: each row's own positions (None: 0..L−1)
+    draw_spans: list[tuple[int, int]] | None = None  # per-row [a, b) of the step's span its draws cover
 
     def forward_kwargs(self, start: int = 0, end: int | None = None) -> dict:
         """The backbone's ``valid`` / ``positions`` for a forward of the canvas columns

@@ -73,7 +73,8 @@ from thunderdlm.errors import SamplingError
 from thunderdlm.processes.base import SampleOptions
 from thunderdlm.rng import RowGenerators, row_seed
 from thunderdlm.sampling.loop import SampleResult, StepInfo, run_sampler
-from thunderdlm.sampling.requests import build_prompts_request, check_sample_args
+from thunderdlm.sampling.requests import (build_grid_prompts_request, build_prompts_request,
+                                         check_sample_args)
 from thunderdlm.sampling.rolling import StopRule, continue_tokens
 
 
@@ -84,8 +85,22 @@ def batch_key(process, model: nn.Module, prompt_length: int) -> tuple:
     shifted = bool(getattr(model, "shifted_head", False))
     if shifted and prompt_length == 0:
         return ("empty",)
-    grid = process.block_grid
-    return ("grid", prompt_length % grid) if grid else ("any",)
+    return ("grid",) if process.block_grid else ("any",)
+
+
+def grid_groups(members: list[int], lengths: list[int], new_tokens: int, grid: int,
+                context: int) -> list[list[int]]:
+    """A grid group's batch runs: one grid-aligned canvas (``build_grid_prompts_request``) when
+    its width K·g + max(p mod g) + new_tokens fits the context (the network and its KV cache take
+    at most ``context`` columns), else the prompts grouped by length mod g (each such canvas is
+    no wider than its longest prompt + new_tokens)."""
+    width = max(lengths[i] // grid for i in members) * grid + max(lengths[i] % grid for i in members)
+    if width + new_tokens <= context:
+        return [members]
+    out: dict[int, list[int]] = {}
+    for i in members:
+        out.setdefault(lengths[i] % grid, []).append(i)
+    return list(out.values())
 
 
 def round_steps(steps: int, g: int, new_tokens: int, width: int) -> int:
@@ -147,12 +162,12 @@ def sample_prompts(lm, prompts: list[str] | list[list[int]], *, new_tokens: int,
     nfe = done = generated = 0
     stopped = False
 
-    def run(x, editable, stop_fn, rows, start, offset, steps_, **layout):
+    def run(x, editable, stop_fn, rows, start, offset, steps_, length=None, **layout):
         gen = RowGenerators([gens[r] for r in rows])
         cb = None
         if callback is not None:
             def cb(info, rows=tuple(rows)):
-                callback(dataclasses.replace(info, rows=rows, start=start, offset=offset))
+                callback(dataclasses.replace(info, rows=rows, start=start, offset=offset, length=length))
         x, editable = x.to(lm.device), editable.to(lm.device)
         net = network if network is not None else model(x, editable)
         return run_sampler(process, net, x, editable, steps=steps_,
@@ -163,23 +178,34 @@ def sample_prompts(lm, prompts: list[str] | list[list[int]], *, new_tokens: int,
     for i, p in enumerate(ids):
         if len(p) + new_tokens <= context:
             groups.setdefault(batch_key(process, network or lm.model, len(p)), []).append(i)
-    for members in groups.values():
-        req = build_prompts_request([ids[i] for i in members], new_tokens, context, n=n)
+    grid = process.block_grid
+    runs = [part for key, members in groups.items()
+            for part in (grid_groups(members, [len(p) for p in ids], new_tokens, grid, context)
+                         if key == ("grid",) else [members])]
+    for members in runs:
+        prompt_ids = [ids[i] for i in members]
+        req = (build_grid_prompts_request(prompt_ids, new_tokens, grid, n=n) if grid
+               else build_prompts_request(prompt_ids, new_tokens, context, n=n))
         rows = [i * n + j for i in members for j in range(n)]
-        S = req.start
+        starts = req.starts or [req.start] * len(rows)        # row b's token k: column starts[b] + k
+        end = {"hi": req.x_init.shape[1]}                     # the columns decided (a stop cuts them)
 
         def stop_fn(x_now: torch.Tensor) -> bool:
-            return all(rule.row_stopped(x_now[b, S:].tolist(), tok.decode) for b in range(len(rows)))
+            end["hi"] = x_now.shape[1]
+            return all(rule.row_stopped(x_now[b, S:S + new_tokens].tolist(), tok.decode)
+                       for b, S in enumerate(starts))
 
-        res = run(req.x_init, req.editable, stop_fn if rule.active else None, rows, S, 0, share,
+        res = run(req.x_init, req.editable, stop_fn if rule.active else None, rows,
+                  req.start if req.starts is None else tuple(starts), 0, share, length=new_tokens,
                   valid=req.valid, positions=req.positions)
         nfe, done, generated = nfe + res.nfe, done + res.steps, generated + res.generated
         stopped |= res.stopped
-        kept = min(new_tokens, res.generated // len(rows)) if res.stopped else new_tokens
-        new = res.tokens[:, S:S + kept].cpu()                                   # (rows, kept)
-        for b, r in enumerate(rows):
-            region[r, :kept] = new[b]
-            out[r] = rule.cut_tokens(new[b].tolist(), tok.decode)
+        for b, (r, S) in enumerate(zip(rows, starts)):
+            # a stopped run decided every row's columns before end["hi"] (the last block's end)
+            kept = min(new_tokens, max(end["hi"] - S, 0)) if res.stopped else new_tokens
+            new = res.tokens[b, S:S + kept].cpu()                               # (kept,)
+            region[r, :kept] = new
+            out[r] = rule.cut_tokens(new.tolist(), tok.decode)
 
     for i, p in enumerate(ids):                   # past the context: roll the window per prompt
         if len(p) + new_tokens <= context:

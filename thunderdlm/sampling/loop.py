@@ -40,11 +40,14 @@ class StepInfo:
     x: torch.Tensor           # (B, L) state after this step
     x0_hat: torch.Tensor      # (B, L) current guess of the clean tokens
     # set by ``batched.sample_prompts`` (a padded batch of prompts): the returned rows of x's rows,
-    # the first generated column, and the tokens generated in earlier rounds (rolled prompts);
-    # row rows[b]'s generated token offset + k is x[b, start + k]
+    # the first generated column (an int, or per row: start[b] on a block grid's aligned canvas),
+    # the tokens generated in earlier rounds (rolled prompts) and the tokens each row generates in
+    # this run (None: up to the canvas's end); row rows[b]'s generated token offset + k is
+    # x[b, start + k] (x[b, start[b] + k]) for k < length
     rows: tuple[int, ...] | None = None
-    start: int | None = None
+    start: int | tuple[int, ...] | None = None
     offset: int = 0
+    length: int | None = None
 
 
 @dataclass
@@ -154,19 +157,28 @@ def run_sampler(process: Process, model: nn.Module, x_init: torch.Tensor, editab
     x = torch.where(editable, prior, x_init)
     blocks = block_ranges(editable, block_length, process.block_grid)
     threshold = options.threshold is not None
-    sizes = [hi - lo for lo, hi in blocks]
-    if process.block_grid and steps < len(blocks):
-        steps = len(blocks)       # the process's own blocks: at least one step each (see result.steps)
-    per_block = ([0] * len(blocks) if threshold else split_steps(steps, len(blocks), sizes)) if blocks else []
+    if process.block_grid:        # (B, blocks): each row's own split of the steps (row_steps)
+        rows_spb = row_steps(editable, blocks, steps, process.block_grid)
+        per_block = [0 if threshold else int(rows_spb[:, b].max()) for b in range(len(blocks))]
+    else:
+        sizes = [hi - lo for lo, hi in blocks]
+        rows_spb = None
+        per_block = ([0] * len(blocks) if threshold else split_steps(steps, len(blocks), sizes)) if blocks else []
     ctx = StepContext(t=1.0, s=1.0, editable=editable, options=options, generator=generator,
                       valid=valid, positions=None if positions is None else positions.to(x.device))
     done, total, stopped = 0, sum(per_block), False
     positions = torch.arange(x.shape[1], device=x.device)
     for b, ((lo, hi), spb) in enumerate(zip(blocks, per_block)):
-        ctx.editable = editable & ((positions >= lo) & (positions < hi))[None, :]
+        in_block = editable & ((positions >= lo) & (positions < hi))[None, :]
+        ctx.editable = in_block
         ctx.pending = editable & (positions >= hi)[None, :]
         ctx.cache.clear()
-        for ctx.t, ctx.s, ctx.n_commit in _block_schedule(process, lambda: x, ctx, spb, threshold):
+        spbs = None if rows_spb is None else rows_spb[:, b]
+        for ctx.t, ctx.s, ctx.n_commit, live in _block_schedule(process, lambda: x, ctx, spb, threshold,
+                                                                spbs):
+            # a row past its own schedule has nothing editable: the step changes and draws nothing
+            ctx.editable = in_block if live is None else in_block & live[:, None]
+            ctx.draw_spans = None
             out = process.step(model, x, ctx)
             x = torch.where(ctx.editable, out.x, x)       # the contract: nothing else may change
             done += 1
@@ -181,15 +193,43 @@ def run_sampler(process: Process, model: nn.Module, x_init: torch.Tensor, editab
     return SampleResult(x, ctx.nfe, done, int(editable.sum()), stopped)
 
 
+def row_steps(editable: torch.Tensor, blocks: list[tuple[int, int]], steps: int,
+              grid: int) -> torch.Tensor:
+    """(B, len(blocks)) long: the steps row r takes in each column block on its own — its own
+    grid blocks (``block_ranges`` of its editable columns), at least one step each, ``steps``
+    split over them in proportion to their sizes — 0 in blocks where it has nothing to generate.
+
+    Rows whose editable columns differ (block diffusion's grid-aligned prompts of any length,
+    ``sampling/batched.py``) differ in their first and last blocks; a row's own blocks lie inside
+    the column blocks (both cut on the same grid), so its b-th own block is one of them."""
+    out = torch.zeros(editable.shape[0], len(blocks), dtype=torch.long)
+    starts = [lo for lo, _ in blocks]
+    for r in range(editable.shape[0]):
+        own = block_ranges(editable[r:r + 1], None, grid)
+        if not own:
+            continue
+        for (lo, hi), n in zip(own, split_steps(max(steps, len(own)), len(own), [h - l for l, h in own])):
+            out[r, max(i for i, a in enumerate(starts) if a <= lo)] = n
+    return out
+
+
 def _block_schedule(process: Process, current: Callable[[], torch.Tensor], ctx: StepContext,
-                    spb: int, threshold: bool):
-    """(t, s, n_commit) of each step of one block. Fixed: ``spb`` steps on the grid 1 → 0, with
-    LLaDA's commit counts under confidence remasking. Threshold: at least one commit per step until
-    the block is decided (``current()`` is the state before each step), t falling by 1/K a step
-    for a block of K undecided positions."""
+                    spb: int, threshold: bool, spbs: torch.Tensor | None = None):
+    """(t, s, n_commit, live) of each step of one block. Fixed: ``spb`` steps on the grid 1 → 0,
+    with LLaDA's commit counts under confidence remasking. Threshold: at least one commit per step
+    until the block is decided (``current()`` is the state before each step), t falling by 1/K a
+    step for a block of K undecided positions. ``live`` is None (every row steps).
+
+    ``spbs`` (B,): the rows' own steps in this block (``row_steps``): each row follows its own
+    schedule, as alone — fixed: t = 1 − j/spb_r for its spb_r steps; threshold: t = 1 − j/K_r for
+    its own K_r undecided positions while it has any — and ``live`` (B,) bool marks the rows still
+    on theirs at each step; t, s are then (B,) float64 (floats when every row's are the same)."""
     def noisy() -> torch.Tensor:
         return (process.is_noisy(current()) & ctx.editable).sum(dim=1)      # (B,)
 
+    if spbs is not None:
+        yield from _row_schedule(noisy, ctx, spbs.tolist(), threshold)
+        return
     if threshold:
         k = noisy()
         K = max(int(k.max()), 1)
@@ -197,10 +237,49 @@ def _block_schedule(process: Process, current: Callable[[], torch.Tensor], ctx: 
         for j in range(K):
             if j and not bool(noisy().any()):
                 return
-            yield 1.0 - j / K, 1.0 - (j + 1) / K, one
+            yield 1.0 - j / K, 1.0 - (j + 1) / K, one, None
         return
     schedule = None
     if ctx.options.remasking != "ancestral":
         schedule = transfer_schedule(noisy(), spb)
     for j in range(spb):
-        yield 1.0 - j / spb, 1.0 - (j + 1) / spb, (schedule[:, j] if schedule is not None else None)
+        yield 1.0 - j / spb, 1.0 - (j + 1) / spb, (schedule[:, j] if schedule is not None else None), None
+
+
+def _row_schedule(noisy: Callable[[], torch.Tensor], ctx: StepContext, spbs: list[int],
+                  threshold: bool):
+    """``_block_schedule`` with each row on its own: row r's j-th step has the t, s, n_commit of
+    its alone run's j-th step in this block (``spbs[r]`` steps, or its K_r undecided positions)."""
+    k = noisy()                                                             # (B,) at the block's start
+    dev = k.device
+
+    def times(j: int, n: list[int], live: torch.Tensor):
+        # t_r = 1 − j/n_r, s_r = 1 − (j+1)/n_r as Python floats (the alone run's values, bit for bit)
+        t = [1.0 - j / max(m, 1) for m in n]
+        s = [1.0 - (j + 1) / max(m, 1) for m in n]
+        if bool(live.all()) and len(set(n)) == 1:
+            return t[0], s[0], None                                         # every row alike
+        return torch.tensor(t, dtype=torch.float64), torch.tensor(s, dtype=torch.float64), live
+
+    if threshold:
+        K = [max(int(m), 1) for m in k.tolist()]
+        one = torch.ones_like(k)
+        for j in range(max(K)):
+            live = torch.tensor([j < m for m in K], device=dev)
+            if j:
+                live &= noisy() > 0
+            if not bool(live.any()):
+                return
+            t, s, flag = times(j, K, live)
+            yield t, s, one, flag
+        return
+    schedule = None
+    if ctx.options.remasking != "ancestral":                 # LLaDA's counts over each row's steps
+        schedule = torch.zeros(len(spbs), max(spbs), dtype=torch.long, device=dev)
+        for r, m in enumerate(spbs):
+            if m:
+                schedule[r, :m] = transfer_schedule(k[r:r + 1], m)[0]
+    for j in range(max(spbs)):
+        live = torch.tensor([j < m for m in spbs], device=dev)
+        t, s, flag = times(j, spbs, live)
+        yield t, s, (schedule[:, j] if schedule is not None else None), flag

@@ -178,6 +178,9 @@ class PromptsRequest(Request):
     positions: torch.Tensor | None    # (B, L) long: each row's own positions (pads: 0); None likewise
     prompt_lengths: list[int]         # (B,) real prompt tokens of each row
     start: int                        # first generated column: row r's token k is at start + k
+    # grid-aligned canvases (``build_grid_prompts_request``): row r's first generated column, its
+    # token k is at starts[r] + k (``start`` is then the smallest); None: every row's is ``start``
+    starts: list[int] | None = None
 
 
 def build_prompts_request(prompt_ids: list[list[int]], new_tokens: int, context: int, *, n: int = 1,
@@ -211,3 +214,44 @@ def build_prompts_request(prompt_ids: list[list[int]], new_tokens: int, context:
         valid = cols >= pad                                                        # (B, L)
         positions = (cols - pad).clamp(min=0)                                      # (B, L)
     return PromptsRequest(x, editable, valid, positions, lengths, P)
+
+
+def build_grid_prompts_request(prompt_ids: list[list[int]], new_tokens: int, grid: int, *, n: int = 1,
+                               pad_id: int = 0) -> PromptsRequest:
+    """Canvas of prompts of any lengths for a process whose blocks lie on an absolute grid of
+    ``grid`` positions (block diffusion), ``n`` rows per prompt (prompt-major).
+
+    Row r (prompt length p_r) is padded on the left by a whole number of blocks,
+    pad_r = (K − ⌊p_r/g⌋)·g with K = max_r ⌊p_r/g⌋, so column c is its position c − pad_r on the
+    same grid: every row's first generated token falls in column block K, at column
+    K·g + (p_r mod g) (``starts``), and column block K + b is the row's own b-th block. Rows that
+    end before the canvas does are padded on the right. Pads (both sides) are not ``valid`` and
+    have position 0. Width: K·g + max_r (p_r mod g) + new_tokens (may exceed the longest
+    prompt + new_tokens by up to g − 1 columns; no row's position does)."""
+    if not prompt_ids:
+        raise SamplingError("sampling argument 'prompt': a list of prompts must hold at least one prompt")
+    if n < 1:
+        raise SamplingError(f"--n must be ≥ 1, got {n}")
+    if new_tokens < 1:
+        raise SamplingError(f"max_new_tokens must be ≥ 1 tokens to generate, got {new_tokens}")
+    if grid < 1:
+        raise SamplingError(f"the block grid must be ≥ 1, got {grid}")
+    rows = [p for p in prompt_ids for _ in range(n)]
+    lengths = [len(p) for p in rows]                                               # (B,)
+    K = max(k // grid for k in lengths)
+    pads = [(K - k // grid) * grid for k in lengths]
+    starts = [K * grid + k % grid for k in lengths]
+    L = max(starts) + new_tokens
+    x = torch.full((len(rows), L), pad_id, dtype=torch.long)
+    editable = torch.zeros_like(x, dtype=torch.bool)
+    for r, ids in enumerate(rows):
+        if ids:
+            x[r, pads[r]:starts[r]] = torch.tensor(ids, dtype=torch.long)
+        x[r, starts[r]:starts[r] + new_tokens] = 0                                 # the canvas to generate
+        editable[r, starts[r]:starts[r] + new_tokens] = True
+    cols = torch.arange(L)[None, :]                                                # (1, L)
+    pad = torch.tensor(pads)[:, None]                                              # (B, 1)
+    end = torch.tensor(starts)[:, None] + new_tokens                               # (B, 1)
+    valid = (cols >= pad) & (cols < end)                                           # (B, L)
+    positions = torch.where(valid, cols - pad, torch.zeros_like(cols - pad))       # (B, L)
+    return PromptsRequest(x, editable, valid, positions, lengths, min(starts), starts)

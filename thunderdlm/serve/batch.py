@@ -82,7 +82,8 @@ class Tracker:
             rows, gen, gen_noisy, offset = range(x.shape[0]), x[:, self.editable], noisy[:, self.editable], 0
         else:
             rows, offset = info.rows, info.offset
-            gen, gen_noisy = x[:, info.start:], noisy[:, info.start:]
+            cols = self._columns(info, x.shape)                              # (B, width)
+            gen, gen_noisy = x.gather(1, cols), noisy.gather(1, cols)
         width = gen.shape[1]
         done = torch.where(gen_noisy.any(1), gen_noisy.int().argmax(1), torch.full_like(gen[:, 0], width))
         for b, r in enumerate(rows):
@@ -94,6 +95,16 @@ class Tracker:
                 job.emit("delta", (i, d))
             if job.states:
                 job.emit("state", (i, self._state(info, b, r, x[b], noisy[b])))
+
+    @staticmethod
+    def _columns(info: StepInfo, shape: tuple[int, int]) -> torch.Tensor:
+        """(B, width) long: the canvas columns of each row's generated tokens in this run —
+        [start, start + length), ``start`` one column for all rows or one per row (a block
+        grid's aligned canvas), ``length`` None: to the canvas's end."""
+        B, L = shape
+        starts = info.start if isinstance(info.start, tuple) else (info.start,) * B
+        width = info.length if info.length is not None else L - max(starts)
+        return torch.tensor(starts)[:, None] + torch.arange(width)[None, :]
 
     def _state(self, info: StepInfo, b: int, r: int, x: torch.Tensor, noisy: torch.Tensor) -> dict:
         """Canvas row b (row r) as segments [[text, kind]]: kind "p" known text, "c" decided, "m"
@@ -107,7 +118,7 @@ class Tracker:
             segs: list[list[str]] = []
             earlier = 0
         else:                                    # continuation: the text so far, then this round
-            positions = range(info.start, len(ids))
+            positions = self._columns(info, (len(info.rows), len(ids)))[b].tolist()
             kinds = {p: "m" if noisy[p] else "c" for p in positions}
             earlier = info.offset
             segs = [[self.rows[r][0].prompt_text, "p"], [tok.decode(self.generated[r][:earlier]), "c"]]

@@ -226,13 +226,17 @@ class BlockDiffusionProcess(MaskedProcess):
             out = torch.cat([out[:, :1], out[:, :-1]], dim=1)
         return out[:, lo:hi]
 
-    def _step_sigma(self, B: int, lo: int, hi: int, start: int, t: float,
+    def _step_sigma(self, B: int, lo: int, hi: int, start: int, t: float | torch.Tensor,
                     device: torch.device) -> torch.Tensor | None:
-        """Per-token σ of the fed positions start..hi−1: 0 on clean ones, σ(t) on the block."""
+        """Per-token σ of the fed positions start..hi−1: 0 on clean ones, σ(t) on the block (t a
+        float, or (B,) per row: rows on their own schedules)."""
         if not self.cfg.time_conditioning:
             return None
         sigma = torch.zeros(B, hi - start, device=device)
-        tt = torch.full((B,), t, device=device)
+        if isinstance(t, torch.Tensor):       # rounded to float32 as torch.full rounds a float
+            tt = t.to(device=device, dtype=sigma.dtype)
+        else:
+            tt = torch.full((B,), t, device=device)
         sigma[:, lo - start:] = self.schedule.sigma_for_conditioning(tt)[:, None]
         return sigma
 

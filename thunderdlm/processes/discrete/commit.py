@@ -33,8 +33,8 @@ def select_confident(probs: torch.Tensor, cand: torch.Tensor, allowed: torch.Ten
     """
     opts = ctx.options
     if opts.remasking == "random" and opts.threshold is None:
-        conf = rng.draw_rows(ctx.generator, allowed.any(dim=1), lambda g, r: rng.rand(
-            cand[r].shape, g, device=cand.device), torch.zeros(cand.shape, device=cand.device))
+        conf = rng.draw_spans(ctx.generator, allowed.any(dim=1), ctx.draw_spans, lambda g, r, c: rng.rand(
+            cand[r, c].shape, g, device=cand.device), torch.zeros(cand.shape, device=cand.device))
     elif opts.remasking in ("low_confidence", "ancestral", "random"):
         conf = probs.gather(-1, cand.unsqueeze(-1)).squeeze(-1).float()                # (B, L)
     else:

@@ -281,8 +281,9 @@ class MaskedProcess(Process):
         logits = self._predict(model, x, ctx.t, ctx, lo, hi)                    # (B, S, V+1)
         opts = ctx.options
         xs, ms = x[:, lo:hi], masked[:, lo:hi]                                  # (B, S)
-        cand = rng.draw_rows(ctx.generator, active, lambda g, r: draw_tokens(
-            logits[r], opts.temperature, opts.top_k, opts.top_p, g), xs)        # (B, S)
+        ctx.draw_spans = self._row_spans(ctx, active, lo, hi)
+        cand = rng.draw_spans(ctx.generator, active, ctx.draw_spans, lambda g, r, c: draw_tokens(
+            logits[r, c], opts.temperature, opts.top_k, opts.top_p, g), xs)     # (B, S)
         if opts.threshold is not None or (ctx.n_commit is not None and opts.remasking != "ancestral"):
             commit = self._confidence_commit(logits, cand, ms, ctx)
         else:
@@ -292,14 +293,40 @@ class MaskedProcess(Process):
         x0_hat[:, lo:hi] = torch.where(ms, cand, xs)
         return StepOutput(x_new, x0_hat)
 
+    def _row_spans(self, ctx: StepContext, active: torch.Tensor, lo: int,
+                   hi: int) -> list[tuple[int, int]] | None:
+        """Each row's own span [a, b) within the step's span [lo, hi) (its editable columns, a moved
+        back onto the block grid as in ``_span``), or None when every active row's is the whole
+        span or the draws are not per row (then nothing differs from the union's draws)."""
+        if not rng.per_row(ctx.generator):
+            return None
+        e = ctx.editable                                                        # (B, L)
+        L = e.shape[1]
+        first = e.int().argmax(dim=1)                                           # (B,)
+        last = L - 1 - e.flip(1).int().argmax(dim=1)                            # (B,)
+        if self.block_grid:
+            first = first // self.block_grid * self.block_grid
+        spans = list(zip((first - lo).tolist(), (last + 1 - lo).tolist()))
+        if all(spans[i] == (0, hi - lo) for i in active.nonzero().flatten().tolist()):
+            return None
+        return spans
+
     def _ancestral_commit(self, masked: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        """Unmask each masked position with probability (α_s − α_t)/(1 − α_t)."""
-        t = torch.tensor(ctx.t, dtype=torch.float64)
-        s = torch.tensor(ctx.s, dtype=torch.float64)
-        a_t, a_s = self.schedule.alpha(t), self.schedule.alpha(s)
-        p = float(((a_s - a_t) / (1.0 - a_t)).clamp(0.0, 1.0)) if ctx.s > 0 else 1.0
-        u = rng.draw_rows(ctx.generator, masked.any(dim=1), lambda g, r: rng.rand(
-            masked[r].shape, g, device=masked.device), torch.ones(masked.shape, device=masked.device))
+        """Unmask each masked position with probability (α_s − α_t)/(1 − α_t); t, s floats or
+        per-row (B,) tensors (a batch of rows on their own schedules, ``loop._block_schedule``)."""
+        if isinstance(ctx.t, torch.Tensor):
+            t, s = ctx.t.double().cpu(), ctx.s.double().cpu()                   # (B,)
+            a_t, a_s = self.schedule.alpha(t), self.schedule.alpha(s)
+            p = torch.where(s > 0, ((a_s - a_t) / (1.0 - a_t)).clamp(0.0, 1.0), torch.ones_like(t))
+            # compared in the draws' float32, as the scalar p below is
+            p = p.float().to(masked.device)[:, None]                            # (B, 1)
+        else:
+            t = torch.tensor(ctx.t, dtype=torch.float64)
+            s = torch.tensor(ctx.s, dtype=torch.float64)
+            a_t, a_s = self.schedule.alpha(t), self.schedule.alpha(s)
+            p = float(((a_s - a_t) / (1.0 - a_t)).clamp(0.0, 1.0)) if ctx.s > 0 else 1.0
+        u = rng.draw_spans(ctx.generator, masked.any(dim=1), ctx.draw_spans, lambda g, r, c: rng.rand(
+            masked[r, c].shape, g, device=masked.device), torch.ones(masked.shape, device=masked.device))
         return masked & (u < p)
 
     def _confidence_commit(self, logits, cand, masked, ctx: StepContext) -> torch.Tensor:
