@@ -13,6 +13,8 @@ it replaces — today's behaviour, bit for bit, for every caller that does not b
 
 ``rows(generator, active)`` narrows the generators to the rows that draw in this step (a row with
 nothing to decide draws nothing, as it would alone); with a plain generator it returns it as is.
+``draw_spans`` narrows each row's draw to its own columns of a step's span (rows whose editable
+columns differ: block diffusion's grid-aligned prompts of any lengths).
 
 This module sits below the processes and the sampling loop and imports nothing from thunderdlm.
 ``categorical.sample_categorical`` calls :meth:`RowGenerators.rand` by duck typing.

@@ -109,7 +109,7 @@ class Process(ABC):
     #: True when ``step`` hands ``ctx.valid`` / ``ctx.positions`` to every network call and draws
     #: per row over the columns every row shares, so a left-padded batch of prompts of different
     #: lengths samples each row exactly as alone (``sampling/batched.py``; with a ``block_grid``
-    #: only rows whose pads are whole blocks). False: only rows of equal prompt length are batched.
+    #: on a canvas whose pads are whole blocks). False: only rows of equal prompt length are batched.
     pads_exactly: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, vocab_size: int):

@@ -20,11 +20,19 @@ generated columns are the same [start, start + new_tokens) (``requests.build_pro
 
 Block diffusion's grid is absolute in positions: column c of a row padded by p is position c − p,
 so the loop's column grid is every row's position grid only when p is a multiple of the block
-size, i.e. when the rows' prompt lengths agree modulo it (its first, partial block and with it the
-split of the steps over blocks depend on that residue). Rows are therefore grouped by prompt
-length mod the block size and each group is one batch. A shifted head (an AR model read as a
-denoiser) reads position i − 1, which for an empty prompt is a pad: empty prompts form a group of
-their own. Processes whose ``step`` does not thread the padding (``Process.pads_exactly`` False:
+size g. Its rows get a grid-aligned canvas instead (``requests.build_grid_prompts_request``): row
+r is padded on the left by whole blocks, pad_r = (K − ⌊p_r/g⌋)·g with K = max_r ⌊p_r/g⌋, so every
+row's first generated token falls in column block K (at column K·g + p_r mod g) and column block
+K + b is the row's own b-th block; rows that end earlier are padded on the right. The rows'
+first and last blocks then hold different numbers of their tokens, so each row follows its own
+schedule there (``loop.row_steps`` / ``_row_schedule``: its own steps per block, times t = 1 − j/spb_r
+— per-row t, s tensors for the ancestral commit and a time-conditioned network's σ — LLaDA's
+commit counts, threshold decoding's own K_r; a row past its schedule has nothing editable and
+draws nothing) and draws only over its own span of the block (``rng.draw_spans``). One batch for
+every prompt length — unless that canvas (K·g + max_r (p_r mod g) + new_tokens columns) exceeds
+the context: then the rows are grouped by prompt length mod g (``grid_groups``; pads of whole
+blocks need no alignment). A shifted head (an AR model read as a denoiser) reads position i − 1,
+which for an empty prompt is a pad: empty prompts form a group of their own. Processes whose ``step`` does not thread the padding (``Process.pads_exactly`` False:
 uniform, score-entropy, embedding, forcing — their steps draw over every column of the canvas,
 whose width would then depend on the batch) are grouped by prompt length: no pads, and per-row
 generators make their draws each row's own. No caller ever gets batch-dependent output.
@@ -32,8 +40,9 @@ generators make their draws each row's own. No caller ever gets batch-dependent 
 Randomness: one ``torch.Generator`` per row (``thunderdlm/rng.py`` ``RowGenerators``); sample j of
 a prompt seeded s uses ``rng.row_seed(s, j)`` (s itself for j = 0: one sample per prompt equals
 the single-generator run with seed s, bit for bit); an unseeded prompt draws fresh seeds. Every
-draw on the sampling path is made per row over the columns all rows share (the block's span),
-and a row with nothing left to decide in a step draws nothing, as it would alone. With n > 1
+draw on the sampling path is made per row over that row's own span of the block (the columns all
+rows share, or on a grid-aligned canvas its own part of them: ``rng.draw_spans``), and a row with
+nothing left to decide in a step draws nothing, as it would alone. With n > 1
 the rows j ≥ 1 of a seeded prompt differ from the single generator's (whose one (n, …) draw gave
 row j the j-th slice of one stream): that draw order is inherently batch-dependent.
 
@@ -56,9 +65,11 @@ Later blocks never change earlier tokens, so a row's cut ids do not depend on it
 
 Callbacks (the server's per-step states): ``callback(info)`` gets the loop's ``StepInfo`` for each
 step of each batch run, with ``info.rows`` the indices (into the returned list) of the canvas's
-rows, ``info.start`` the first generated column and ``info.offset`` the tokens that row generated
-in earlier rounds (0 unless rolled): row ``info.rows[b]``'s generated token ``offset + k`` is
-``info.x[b, start + k]`` (``info.x0_hat`` likewise). Pads are the columns before a row's prompt.
+rows, ``info.start`` the first generated column (a tuple, one per row, on a block grid's aligned
+canvas), ``info.length`` the tokens each row generates in the run and ``info.offset`` the tokens
+that row generated in earlier rounds (0 unless rolled): row ``info.rows[b]``'s generated token
+``offset + k`` is ``info.x[b, start + k]`` (``start[b] + k``; ``info.x0_hat`` likewise). Pads are
+the columns before a row's prompt and, on an aligned canvas, after its last generated column.
 """
 from __future__ import annotations
 

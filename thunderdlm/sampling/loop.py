@@ -8,7 +8,10 @@ The loop owns what is not a process's math:
 - semi-autoregressive blocks (LLaDA, §2.3): the editable region is cut into consecutive blocks of
   ``block_length`` positions, decoded left to right, each with its own sweep t: 1 → 0; a process
   with a ``block_grid`` (block diffusion) has its blocks cut on that grid instead, and each of them
-  gets at least one step (fewer ``steps`` than blocks become one step per block);
+  gets at least one step (fewer ``steps`` than blocks become one step per block); there each row
+  follows its own schedule (``row_steps``: the split of the steps over its own blocks), so rows
+  whose editable columns cover different parts of a block (prompts of any lengths on a
+  grid-aligned canvas, ``sampling/batched.py``) each step as they would alone;
 - parallel-decoding schedules: with confidence-based remasking the loop tells the step how many
   positions to commit (``n_j = ⌊K/spb⌋ + [j < K mod spb]``, so that a block of K noisy positions is
   finished after exactly its ``spb`` steps);

@@ -5,8 +5,8 @@ left-padded into one canvas whose generated columns are shared, each row with it
 a key-padding mask and its own generator, so every row gets exactly the tokens it gets alone —
 a seeded job's tokens are those of ``thunderdlm.load(RUN).sample(prompt, seed=…)`` whatever it was
 batched with. The jobs of one batch share ``Job.key``: the settings and the sampler's exactness
-group (``sampling.batched.batch_key``: any prompt length for masked, the prompt length modulo the
-block size for block diffusion, the exact length for the whole-canvas processes). A job of n rows
+group (``sampling.batched.batch_key``: any prompt length for masked and for block diffusion (its
+grid-aligned canvas), the exact length for the whole-canvas processes). A job of n rows
 with seed s is n prompts seeded ``rng.row_seed(s, j)``, as ``sample_prompts`` seeds sample j.
 
 Infill canvases (a template, or prompt + suffix) are decoded as one canvas of that layout; a

@@ -3,7 +3,7 @@
 A request becomes one job per prompt (``prompt`` may be a list). Jobs whose ``key`` is equal are
 decoded together in one sampling batch (``scheduler.py``): same settings, and for a continuation
 the same exactness group of the padded sampler (``group``: ``sampling.batched.batch_key`` of the
-prompt length — any length for masked, the length modulo the block size for block diffusion);
+prompt length — any length for masked and block diffusion);
 seeded or not, a continuation's tokens never depend on its batch mates (``batch.py``). An infill
 job needs the same infill layout, and a seeded one has a key of its own and is decoded alone, with
 a generator seeded by it. Either way a seeded job's tokens are those of ``thunderdlm.load(RUN)
