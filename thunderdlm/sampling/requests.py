@@ -183,17 +183,22 @@ class PromptsRequest(Request):
     starts: list[int] | None = None
 
 
-def build_prompts_request(prompt_ids: list[list[int]], new_tokens: int, context: int, *, n: int = 1,
-                          pad_id: int = 0) -> PromptsRequest:
-    """Left-padded canvas of prompts (token ids) continued by ``new_tokens`` each, ``n`` rows per
-    prompt (prompt-major). Columns: [pads | prompt | new_tokens]; the longest prompt has no pads.
-    ``pad_id`` fills the pads (any id: they are hidden from the network, tested)."""
+def _check_prompts(prompt_ids: list[list[int]], new_tokens: int, n: int) -> None:
+    """What every canvas of several prompts needs: a prompt, n ≥ 1 rows each, a token to generate."""
     if not prompt_ids:
         raise SamplingError("sampling argument 'prompt': a list of prompts must hold at least one prompt")
     if n < 1:
         raise SamplingError(f"--n must be ≥ 1, got {n}")
     if new_tokens < 1:
         raise SamplingError(f"max_new_tokens must be ≥ 1 tokens to generate, got {new_tokens}")
+
+
+def build_prompts_request(prompt_ids: list[list[int]], new_tokens: int, context: int, *, n: int = 1,
+                          pad_id: int = 0) -> PromptsRequest:
+    """Left-padded canvas of prompts (token ids) continued by ``new_tokens`` each, ``n`` rows per
+    prompt (prompt-major). Columns: [pads | prompt | new_tokens]; the longest prompt has no pads.
+    ``pad_id`` fills the pads (any id: they are hidden from the network, tested)."""
+    _check_prompts(prompt_ids, new_tokens, n)
     lengths = [len(p) for p in prompt_ids for _ in range(n)]                       # (B,)
     P = max(lengths)
     if P + new_tokens > context:
@@ -228,12 +233,7 @@ def build_grid_prompts_request(prompt_ids: list[list[int]], new_tokens: int, gri
     end before the canvas does are padded on the right. Pads (both sides) are not ``valid`` and
     have position 0. Width: K·g + max_r (p_r mod g) + new_tokens (may exceed the longest
     prompt + new_tokens by up to g − 1 columns; no row's position does)."""
-    if not prompt_ids:
-        raise SamplingError("sampling argument 'prompt': a list of prompts must hold at least one prompt")
-    if n < 1:
-        raise SamplingError(f"--n must be ≥ 1, got {n}")
-    if new_tokens < 1:
-        raise SamplingError(f"max_new_tokens must be ≥ 1 tokens to generate, got {new_tokens}")
+    _check_prompts(prompt_ids, new_tokens, n)
     if grid < 1:
         raise SamplingError(f"the block grid must be ≥ 1, got {grid}")
     rows = [p for p in prompt_ids for _ in range(n)]
