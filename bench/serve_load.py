@@ -120,7 +120,7 @@ class Load:
         try:
             ok_json = set(r.json()["error"]) >= {"message", "type", "param"}
         except (ValueError, KeyError, TypeError):
-            pass
+            pass                        # not OpenAI's error JSON: counted as such (ok_json False)
         return {"kind": "bad", "bad_kind": kind, "status": r.status_code, "error_json": ok_json,
                 "seconds": time.perf_counter() - t0}
 
@@ -238,7 +238,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 120) -> None
             if httpx.get(url + "/health", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
-            pass
+            pass                        # still starting: poll again until the deadline
         time.sleep(0.2)
     raise RuntimeError("the server did not become healthy")
 

@@ -3,20 +3,14 @@ the unpadded windows, in every backbone and with every attention pattern (issue 
 import pytest
 import torch
 
-from thunderdlm.models import ModelConfig, build_model
+from tests.perturbed_backbone import perturbed_backbone
 from thunderdlm.processes.block.attention import training_plan, training_positions
 
 V, L = 13, 12
 
 
 def backbone(name, **kw):
-    torch.manual_seed(0)
-    cfg = ModelConfig(name=name, n_layer=2, n_head=2, n_embd=32, cond_dim=16, time_conditioning=True, **kw)
-    model = build_model(cfg, V, L)
-    with torch.no_grad():                     # DDiT's zero-initialised layers would hide bugs
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
+    return perturbed_backbone(name, V, L, time_conditioning=True, **kw)
 
 
 def padded_batch(n_real=(12, 7, 4), seed=0):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from thunderdlm.categorical import draw_tokens, sample_categorical
-from thunderdlm.models import ModelConfig, build_model
+from tests.perturbed_backbone import perturbed_backbone
 from thunderdlm import rng
 from thunderdlm.rng import RowGenerators
 
@@ -12,13 +12,7 @@ V, L = 13, 12
 
 
 def backbone(name, **kw):
-    torch.manual_seed(0)
-    cfg = ModelConfig(name=name, n_layer=2, n_head=2, n_embd=32, cond_dim=16, **kw)
-    model = build_model(cfg, V, L)
-    with torch.no_grad():                     # DDiT's zero-initialised layers would hide bugs
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
+    return perturbed_backbone(name, V, L, **kw)
 
 
 def left_padded(n_real=(12, 7, 4), seed=0):

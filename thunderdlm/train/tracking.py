@@ -89,7 +89,7 @@ class RunFolderSink:
         atomic_write_text(path, samples_text(step, texts))
 
     def close(self) -> None:
-        pass
+        """Nothing held open: each row and each samples file is written and closed as it arrives."""
 
 
 def sample_file(run_dir: Path, step: int) -> Path:
